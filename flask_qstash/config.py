@@ -382,7 +382,7 @@ def load_settings(
     try:
         data = _SettingsSchema().load(raw)
     except ValidationError as exc:
-        raise _config_error(exc.normalized_messages()) from None
+        raise _config_error(exc.messages) from None
 
     tenants = _load_tenants(data.get("QSTASH_TENANTS") or {})
     default_id = data["QSTASH_DEFAULT_TENANT"]
@@ -420,7 +420,7 @@ def load_tenant(data: t.Mapping[str, t.Any] | Tenant, tenant_id: str) -> Tenant:
         except ValidationError as exc:
             raise ValueError(
                 f"The tenant loader returned invalid settings for {tenant_id!r}:"
-                f" {_flatten(exc.normalized_messages())}"
+                f" {_flatten(exc.messages)}"
             ) from None
 
     if tenant.id != tenant_id:
@@ -446,14 +446,13 @@ def _load_tenants(raw: t.Mapping[str, t.Any]) -> dict[str, Tenant]:
             tenants[tenant_id] = TenantSchema().load({**value, "id": tenant_id})
         except ValidationError as exc:
             raise ValueError(
-                f"'QSTASH_TENANTS[{tenant_id!r}]' is invalid:"
-                f" {_flatten(exc.normalized_messages())}"
+                f"'QSTASH_TENANTS[{tenant_id!r}]' is invalid: {_flatten(exc.messages)}"
             ) from None
 
     return tenants
 
 
-def _config_error(messages: dict[str, t.Any]) -> ValueError:
+def _config_error(messages: t.Any) -> ValueError:
     key = sorted(messages)[0]
     fix = _FIXES.get(key, "See the configuration docs for the accepted values.")
     return ValueError(f"{key!r} is invalid: {_flatten(messages[key])} {fix}")

@@ -161,12 +161,14 @@ class Publisher:
         client = self.client(tenant)
         options = request.options()
 
+        rv: t.Any
+
         if request.queue is not None:
             rv = self.call(tenant, "a job", lambda: client.message.enqueue(**options))
         else:
             rv = self.call(tenant, "a job", lambda: client.message.publish(**options))
 
-        return Published(rv.message_id, bool(rv.deduplicated))  # type: ignore[union-attr]
+        return Published(rv.message_id, bool(rv.deduplicated))
 
     def publish_batch(
         self, tenant: Tenant, requests: t.Sequence[PublishRequest]

@@ -19,7 +19,7 @@ import logging
 import typing as t
 
 from blinker import Namespace
-from blinker import Signal
+from blinker import NamedSignal
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ and ``reason``, the name of the failed check; never the token.
 """
 
 
-def send(signal: Signal, sender: t.Any, **data: t.Any) -> None:
+def send(signal: NamedSignal, sender: t.Any, **data: t.Any) -> None:
     """Send ``signal``, logging instead of raising when a receiver fails.
 
     :param signal: One of the signals above.

@@ -38,7 +38,7 @@ TOKEN_LIFETIME = 300
 MAX_TOKEN_SIZE = 4096
 
 # Time claims are checked by ``_check_times`` against one clock, not by PyJWT.
-_OPTIONS: dict[str, t.Any] = {
+_OPTIONS: jwt.types.Options = {
     "require": ["iss", "sub", "exp", "nbf", "iat", "body"],
     "verify_exp": False,
     "verify_nbf": False,
@@ -177,7 +177,10 @@ def verify(
         raise SignatureError("body-hash", "The body does not match the signature.")
 
     return Claims(
-        sub=sub, jti=str(claims.get("jti", "")), iat=claims["iat"], exp=claims["exp"]
+        sub=sub,
+        jti=str(claims.get("jti", "")),
+        iat=int(claims["iat"]),
+        exp=int(claims["exp"]),
     )
 
 

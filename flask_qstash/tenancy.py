@@ -82,7 +82,7 @@ class HeaderResolver:
         self._key = "HTTP_" + header.upper().replace("-", "_")
 
     def __call__(self, environ: WSGIEnvironment) -> str | None:
-        value = environ.get(self._key)
+        value: object = environ.get(self._key)
         return value.strip() if isinstance(value, str) else None
 
 
@@ -131,7 +131,7 @@ class PathPrefixResolver:
         self.strip = strip
 
     def __call__(self, environ: WSGIEnvironment) -> str | None:
-        path = environ.get("PATH_INFO", "")
+        path: str = environ.get("PATH_INFO", "")
         segment, _, rest = path.lstrip("/").partition("/")
 
         if not segment or not TENANT_ID_RE.match(segment):
