@@ -9,6 +9,8 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from .deadletter import dlq_cli
+
 if t.TYPE_CHECKING:  # pragma: no cover
     from .extension import QStash
 
@@ -111,3 +113,6 @@ def dev(host: str, port: int, database: str | None, speed: float) -> None:
         argv += ["--db", database]
 
     raise SystemExit(devserver.main(argv))
+
+
+qstash_cli.add_command(dlq_cli)

@@ -301,7 +301,8 @@ class Settings:
     clock_leeway: float
     publish_timeout: float
     publish_retries: int
-    idempotency_store: t.Any
+    # A store URL may carry a database password.
+    idempotency_store: t.Any = field(repr=False)
     idempotency_retention: int
     lease: int
     tenant_cache_ttl: int

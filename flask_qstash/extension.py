@@ -218,7 +218,10 @@ class QStash:
                 period=period,
             )
 
-            for app, state in list(self._state.items()):
+            apps = list(self._state.items())
+
+            # Check every app first, so a refusal leaves no app half-registered.
+            for app, _ in apps:
                 if app._got_first_request:
                     raise RuntimeError(
                         f"Job {name!r} was declared after app {app.name!r} started"
@@ -226,6 +229,7 @@ class QStash:
                         " jobs at import time, before the first request."
                     )
 
+            for app, state in apps:
                 _add_routes(app, state.settings.url_prefix, job)
 
             self._jobs[name] = job

@@ -113,6 +113,7 @@ class Publisher:
         self.retries = retries
         self._clients: dict[tuple[str | None, str | None], QStashClient] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()
 
     def client(self, tenant: Tenant) -> QStashClient:
         """Return the SDK client for ``tenant``'s account, creating it once.
@@ -153,8 +154,24 @@ class Publisher:
             http._client.timeout = httpx.Timeout(
                 self.timeout, connect=min(self.timeout, 5.0)
             )
+            hooks = http._client.event_hooks
+            http._client.event_hooks = {
+                **hooks,
+                "request": [*hooks["request"], self._limit_to_budget],
+            }
 
         return client
+
+    def _limit_to_budget(self, request: httpx.Request) -> None:
+        """Let a request wait only for what is left of its publish's budget."""
+        deadline: float | None = getattr(self._local, "deadline", None)
+
+        if deadline is None:
+            return
+
+        left = max(0.001, deadline - time.monotonic())
+        timeout = httpx.Timeout(left, connect=min(left, 5.0))
+        request.extensions = {**request.extensions, "timeout": timeout.as_dict()}
 
     def publish(self, tenant: Tenant, request: PublishRequest) -> Published:
         """Publish one job run, retrying within the budget."""
@@ -187,6 +204,18 @@ class Publisher:
         :param func: The SDK call.
         """
         deadline = time.monotonic() + self.timeout
+
+        # Every attempt's requests share the one budget; see _limit_to_budget.
+        self._local.deadline = deadline
+
+        try:
+            return self._retry(tenant, what, func, deadline)
+        finally:
+            self._local.deadline = None
+
+    def _retry(
+        self, tenant: Tenant, what: str, func: t.Callable[[], _T], deadline: float
+    ) -> _T:
         attempt = 0
 
         while True:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 import typing as t
 
-from blinker import Namespace
 from blinker import NamedSignal
+from blinker import Namespace
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ MAX_TOKEN_SIZE = 4096
 
 # Time claims are checked by ``_check_times`` against one clock, not by PyJWT.
 _OPTIONS: jwt.types.Options = {
-    "require": ["iss", "sub", "exp", "nbf", "iat", "body"],
+    "require": ["iss", "sub", "exp", "nbf", "iat", "jti", "body"],
     "verify_exp": False,
     "verify_nbf": False,
     "verify_iat": False,
@@ -154,7 +154,8 @@ def verify(
 
     try:
         header = jwt.get_unverified_header(token)
-    except jwt.DecodeError:
+    except jwt.InvalidTokenError:
+        # Not only DecodeError: a bad ``kid`` or ``crit`` header raises its parent.
         raise SignatureError("malformed", "The signature is not a JWT.") from None
 
     if header.get("alg") != "HS256":

@@ -125,16 +125,20 @@ class PathPrefixResolver:
     tenant part and ``url_for`` keeps generating tenant URLs.
 
     :param strip: Move the segment out of ``PATH_INFO``.
+    :param ignore: First segments that are not tenants, such as ``static``.
     """
 
-    def __init__(self, *, strip: bool = True) -> None:
+    def __init__(
+        self, *, strip: bool = True, ignore: t.Iterable[str] = ("static",)
+    ) -> None:
         self.strip = strip
+        self.ignore = frozenset(ignore)
 
     def __call__(self, environ: WSGIEnvironment) -> str | None:
         path: str = environ.get("PATH_INFO", "")
         segment, _, rest = path.lstrip("/").partition("/")
 
-        if not segment or not TENANT_ID_RE.match(segment):
+        if not segment or segment in self.ignore or not TENANT_ID_RE.match(segment):
             return None
 
         if self.strip:
