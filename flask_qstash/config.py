@@ -467,3 +467,22 @@ def _flatten(messages: t.Any) -> str:
         return " ".join(_flatten(m) for m in messages)
 
     return str(messages)
+
+
+def build_url(
+    settings: Settings, tenant: Tenant, job: str, *, tenant_id: str | None = None
+) -> str:
+    """Return ``{public origin}{prefix}/{tenant}/{job}``, the URL QStash calls.
+
+    Built only from configuration, never from request headers.
+    """
+    origin = tenant.public_url or settings.public_url
+
+    if origin is None:
+        raise RuntimeError(
+            "'QSTASH_PUBLIC_URL' is not set, so QStash would not know where to"
+            " deliver jobs. Set it to the app's public origin, such as"
+            " 'https://app.example.com'."
+        )
+
+    return f"{origin}{settings.url_prefix}/{tenant_id or tenant.id}/{job}"

@@ -21,6 +21,7 @@ from flask import request
 from qstash import QStash as QStashClient
 
 from . import webhooks
+from .config import build_url
 from .config import load_settings
 from .config import load_tenant
 from .config import Settings
@@ -66,6 +67,20 @@ class _State:
     dev_server: DevServer | None = None
     tenant_cache: dict[str, tuple[float, Tenant | None]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    #: The default tenant and ``QSTASH_TENANTS``, with accounts filled in, built
+    #: once so a delivery never rebuilds them.
+    tenants: dict[str, Tenant] = field(init=False)
+
+    def __post_init__(self) -> None:
+        settings = self.settings
+        self.tenants = {
+            settings.default_tenant: settings.default(),
+            **{
+                tenant_id: _with_account(tenant, settings)
+                for tenant_id, tenant in settings.tenants.items()
+            },
+        }
 
 
 class QStash:
@@ -349,7 +364,8 @@ class QStash:
 
     def default_tenant(self) -> Tenant:
         """The tenant built from the top-level keys."""
-        return self.settings.default()
+        state = self._get_state()
+        return state.tenants[state.settings.default_tenant]
 
     def find_tenant(self, tenant_id: str) -> Tenant | None:
         """Return the tenant ``tenant_id``, or ``None`` if nobody knows it.
@@ -359,14 +375,10 @@ class QStash:
         """
         state = self._get_state()
         settings = state.settings
-
-        if tenant_id == settings.default_tenant:
-            return settings.default()
-
-        configured = settings.tenants.get(tenant_id)
+        configured = state.tenants.get(tenant_id)
 
         if configured is not None:
-            return _with_account(configured, settings)
+            return configured
 
         if self._tenant_loader is None or not TENANT_ID_RE.match(tenant_id):
             return None
@@ -449,17 +461,7 @@ class QStash:
         :param job: The job name.
         :param tenant_id: The tenant id in the path, if not ``tenant.id``.
         """
-        settings = self.settings
-        origin = tenant.public_url or settings.public_url
-
-        if origin is None:
-            raise RuntimeError(
-                "'QSTASH_PUBLIC_URL' is not set, so QStash would not know where to"
-                " deliver jobs. Set it to the app's public origin, such as"
-                " 'https://app.example.com'."
-            )
-
-        return f"{origin}{settings.url_prefix}/{tenant_id or tenant.id}/{job}"
+        return build_url(self.settings, tenant, job, tenant_id=tenant_id)
 
     def _get_state(self) -> _State:
         app = current_app._get_current_object()  # type: ignore[attr-defined]

@@ -122,12 +122,15 @@ class IdempotencyStore(abc.ABC):
         self._clock = clock
 
     @abc.abstractmethod
-    def claim(self, key: str, *, lease: float) -> Claim:
+    def claim(self, key: str, *, lease: float, retention: float | None = None) -> Claim:
         """Try to take ``key`` for one delivery attempt.
 
         :param key: ``"{tenant}:{message_id}"``.
         :param lease: Seconds the claim protects the key; after that another
             delivery may take it over.
+        :param retention: Seconds the record outlives its lease if it is never
+            completed; the store's retention if omitted. Records that only
+            need to outlive a lease, such as used token ids, pass 0.
         """
 
     @abc.abstractmethod
@@ -233,8 +236,9 @@ class MemoryStore(IdempotencyStore):
         self._records: dict[str, _Record] = {}
         self._next_sweep = float("-inf")
 
-    def claim(self, key: str, *, lease: float) -> Claim:
+    def claim(self, key: str, *, lease: float, retention: float | None = None) -> Claim:
         _check_lease(lease)
+        keep = self.retention if retention is None else retention
 
         with self._lock:
             now = self._clock()
@@ -257,7 +261,7 @@ class MemoryStore(IdempotencyStore):
                 state=_RUNNING,
                 token=token,
                 lease_until=now + lease,
-                expires_at=now + lease + self.retention,
+                expires_at=now + lease + keep,
             )
 
         return Claim(ClaimState.CLAIMED, token=token)
@@ -456,12 +460,13 @@ class RedisStore(IdempotencyStore):
         self._complete_script = client.register_script(_COMPLETE_LUA)
         self._release_script = client.register_script(_RELEASE_LUA)
 
-    def claim(self, key: str, *, lease: float) -> Claim:
+    def claim(self, key: str, *, lease: float, retention: float | None = None) -> Claim:
         _check_lease(lease)
+        keep = self.retention if retention is None else retention
 
         now = _ms(self._clock())
         lease_until = now + _ms(lease)
-        expires_at = lease_until + _ms(self.retention)
+        expires_at = lease_until + _ms(keep)
         token = _new_token()
         rv = self._claim_script(
             keys=[self.prefix + key],
@@ -609,10 +614,11 @@ class SQLAlchemyStore(IdempotencyStore):
             if not sa.inspect(self.engine).has_table(self.table.name):
                 raise
 
-    def claim(self, key: str, *, lease: float) -> Claim:
+    def claim(self, key: str, *, lease: float, retention: float | None = None) -> Claim:
         import sqlalchemy as sa
 
         _check_lease(lease)
+        keep = self.retention if retention is None else retention
         c = self.table.c
 
         # A record may vanish between the statements (a release, a purge); then
@@ -624,7 +630,7 @@ class SQLAlchemyStore(IdempotencyStore):
                 "state": _RUNNING,
                 "token": token,
                 "lease_until": now + lease,
-                "expires_at": now + lease + self.retention,
+                "expires_at": now + lease + keep,
                 "result": None,
             }
 

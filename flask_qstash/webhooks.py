@@ -36,20 +36,23 @@ from dataclasses import dataclass
 
 from flask import current_app
 from flask import g
+from flask import Request
 from flask import request
 from flask import Response
 from marshmallow import ValidationError
 
 from . import signals
+from .config import build_url
 from .config import TENANT_ID_RE
 from .errors import JobControl
 from .errors import NonRetryableError
 from .errors import RetryLater
 from .errors import SignatureError
 from .idempotency import ClaimState
+from .idempotency import IdempotencyStore
 from .jobs import ENVELOPE_VERSION
 from .jobs import JobContext
-from .signing import TOKEN_LIFETIME
+from .signing import Claims
 from .signing import verify
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -112,16 +115,18 @@ class _Reject(Exception):
 
 def deliver(tenant: str, job: str) -> Response:
     """Run one delivery of ``job`` for ``tenant``. Registered per job."""
-    ext: QStash = current_app.extensions["qstash"]
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    ext: QStash = app.extensions["qstash"]
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    environ = req.environ
 
     try:
-        record, handler, body, claims_jti = _authenticate(ext, tenant, job, "")
+        record, handler, body = _authenticate(ext, req, tenant, job, "")
         payload, envelope = _parse(handler, tenant, body)
     except _Reject as rv:
         return _rejected(app, tenant, job, rv)
 
-    message_id = request.headers.get("Upstash-Message-Id", "")
+    message_id = environ.get("HTTP_UPSTASH_MESSAGE_ID", "")
 
     if not message_id:
         return _rejected(
@@ -131,25 +136,25 @@ def deliver(tenant: str, job: str) -> Response:
             _Reject(489, "The 'Upstash-Message-Id' header is missing.", "message-id"),
         )
 
-    retried = _int_header("Upstash-Retried")
     ctx = JobContext(
         job=job,
         tenant=tenant,
         message_id=message_id,
-        retried=retried,
-        schedule_id=request.headers.get("Upstash-Schedule-Id") or None,
+        retried=_int_header(environ, "HTTP_UPSTASH_RETRIED"),
+        schedule_id=environ.get("HTTP_UPSTASH_SCHEDULE_ID") or None,
         enqueued_at=_enqueued_at(envelope),
     )
-    return _run(ext, app, record, handler, payload, ctx, claims_jti)
+    return _run(ext, app, record, handler, payload, ctx)
 
 
 def failed(tenant: str, job: str) -> Response:
     """Receive QStash's failure callback for ``job`` and report the dead run."""
-    ext: QStash = current_app.extensions["qstash"]
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    ext: QStash = app.extensions["qstash"]
+    req = request._get_current_object()  # type: ignore[attr-defined]
 
     try:
-        record, handler, body, _ = _authenticate(ext, tenant, job, "/failed")
+        record, handler, body = _authenticate(ext, req, tenant, job, "/failed")
         report = _load_json(body)
 
         if not isinstance(report, dict):
@@ -200,11 +205,12 @@ def unknown(tenant: str, job: str) -> Response:
     default account's for unknown tenants), so unsigned callers cannot probe
     which tenants and jobs exist.
     """
-    ext: QStash = current_app.extensions["qstash"]
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    ext: QStash = app.extensions["qstash"]
+    req = request._get_current_object()  # type: ignore[attr-defined]
 
     try:
-        _authenticate(ext, tenant, job, "")
+        _authenticate(ext, req, tenant, job, "")
     except _Reject as rv:
         return _rejected(app, tenant, job, rv)
 
@@ -212,29 +218,24 @@ def unknown(tenant: str, job: str) -> Response:
 
 
 def _authenticate(
-    ext: QStash, tenant: str, job: str, suffix: str
-) -> tuple[Tenant, Job, bytes, str]:
+    ext: QStash, req: Request, tenant: str, job: str, suffix: str
+) -> tuple[Tenant, Job, bytes]:
     """Read the body within the cap, verify it, then look up tenant and job."""
-    settings = ext.settings
-    cap = settings.max_body_size
-    declared = request.content_length
+    state = ext._get_state()
+    settings = state.settings
+    body = _read_body(req, settings.max_body_size)
 
-    if declared is not None and declared > cap:
-        raise _Reject(413, "The body is larger than the limit.", "too-large")
+    record = state.tenants.get(tenant)
 
-    body = request.stream.read(cap + 1)
+    if record is None and TENANT_ID_RE.match(tenant):
+        record = ext.find_tenant(tenant)
 
-    if len(body) > cap:
-        raise _Reject(413, "The body is larger than the limit.", "too-large")
-
-    record = ext.find_tenant(tenant) if TENANT_ID_RE.match(tenant) else None
-    keys_from = record if record is not None else ext.default_tenant()
-    path_tenant = record if record is not None else keys_from
-    url = ext.webhook_url(path_tenant, job, tenant_id=tenant) + suffix
+    keys_from = record if record is not None else state.tenants[settings.default_tenant]
+    url = build_url(settings, keys_from, job, tenant_id=tenant) + suffix
 
     try:
         claims = verify(
-            request.headers.get("Upstash-Signature"),
+            req.environ.get("HTTP_UPSTASH_SIGNATURE"),
             body,
             url=url,
             keys=keys_from.signing_keys,
@@ -253,14 +254,51 @@ def _authenticate(
 
     # A token is good for one attempt: QStash signs every attempt afresh, so a
     # token seen before is a replay, even with another message id.
-    if not _first_use(ext, tenant, claims.jti):
+    if not _first_use(state.store, tenant, claims, settings.clock_leeway):
         raise _Reject(401, "Invalid signature.", "replayed")
 
-    return record, handler, body, claims.jti
+    return record, handler, body
 
 
-def _first_use(ext: QStash, tenant: str, jti: str) -> bool:
-    claim = ext.store.claim(f"{tenant}:jti:{jti}", lease=TOKEN_LIFETIME * 2)
+def _read_body(req: Request, cap: int) -> bytes:
+    """Read the raw body, refusing more than ``cap`` bytes before reading them.
+
+    A declared length over the cap is refused at once; a streamed body with no
+    declared length is read in chunks and refused as soon as it passes the cap.
+    """
+    declared = req.content_length
+
+    if declared is not None:
+        if declared > cap:
+            raise _Reject(413, "The body is larger than the limit.", "too-large")
+
+        # The server delivers exactly the declared length, so the raw input is
+        # read directly; Werkzeug's stream wrapper costs more than the read.
+        body: bytes = req.environ["wsgi.input"].read(declared)
+        return body
+
+    chunks: list[bytes] = []
+    size = 0
+
+    while True:
+        chunk = req.stream.read(min(65536, cap + 1 - size))
+
+        if not chunk:
+            return b"".join(chunks)
+
+        chunks.append(chunk)
+        size += len(chunk)
+
+        if size > cap:
+            raise _Reject(413, "The body is larger than the limit.", "too-large")
+
+
+def _first_use(
+    store: IdempotencyStore, tenant: str, claims: Claims, leeway: float
+) -> bool:
+    """Record the token id until the token expires; ``False`` if already seen."""
+    lifetime = max(1.0, claims.exp + leeway - time.time())
+    claim = store.claim(f"{tenant}:jti:{claims.jti}", lease=lifetime, retention=0)
     return claim.state is ClaimState.CLAIMED
 
 
@@ -308,7 +346,6 @@ def _run(
     handler: Job,
     payload: t.Any,
     ctx: JobContext,
-    jti: str,
 ) -> Response:
     key = f"{ctx.tenant}:{ctx.message_id}"
     lease = handler.timeout + 30 if handler.timeout is not None else ext.settings.lease
@@ -501,9 +538,9 @@ def _ids(ctx: JobContext) -> dict[str, t.Any]:
     return {"job": ctx.job, "tenant": ctx.tenant, "message_id": ctx.message_id}
 
 
-def _int_header(name: str) -> int:
+def _int_header(environ: dict[str, t.Any], key: str) -> int:
     try:
-        return max(0, int(request.headers.get(name, "0")))
+        return max(0, int(environ.get(key, "0")))
     except ValueError:
         return 0
 
