@@ -30,6 +30,7 @@ from .config import TENANT_ID_RE
 from .errors import UnknownJobError
 from .errors import UnknownTenantError
 from .idempotency import IdempotencyStore
+from .idempotency import SQLAlchemyStore
 from .idempotency import store_from_config
 from .jobs import EnqueueResult
 from .jobs import Job
@@ -167,6 +168,7 @@ class QStash:
         )
 
         for job in self._jobs.values():
+            _check_atomic(app, store, job)
             _add_routes(app, prefix, job)
 
         from .cli import qstash_cli
@@ -193,6 +195,7 @@ class QStash:
         parallelism: int | None = None,
         rate: int | None = None,
         period: int | str | datetime.timedelta | None = None,
+        atomic: bool = False,
     ) -> t.Callable[[t.Callable[..., t.Any]], Job]:
         """Turn a function into a :class:`~flask_qstash.Job` named ``name``.
 
@@ -231,12 +234,15 @@ class QStash:
                 parallelism=parallelism,
                 rate=rate,
                 period=period,
+                atomic=atomic,
             )
 
             apps = list(self._state.items())
 
             # Check every app first, so a refusal leaves no app half-registered.
-            for app, _ in apps:
+            for app, state in apps:
+                _check_atomic(app, state.store, job)
+
                 if app._got_first_request:
                     raise RuntimeError(
                         f"Job {name!r} was declared after app {app.name!r} started"
@@ -473,6 +479,18 @@ class QStash:
                 f"The QStash extension is not initialised on app {app.name!r}."
                 " Call 'qstash.init_app(app)' first."
             ) from None
+
+
+def _check_atomic(app: Flask, store: IdempotencyStore, job: Job) -> None:
+    if not job.atomic:
+        return
+
+    if not isinstance(store, SQLAlchemyStore) or "sqlalchemy" not in app.extensions:
+        raise ValueError(
+            f"Job {job.name!r} is atomic, which needs its completion and the app's"
+            " Flask-SQLAlchemy session in one database. Initialise Flask-SQLAlchemy"
+            " first and set 'QSTASH_IDEMPOTENCY_STORE = \"sqlalchemy\"'."
+        )
 
 
 def _add_routes(app: Flask, prefix: str, job: Job) -> None:

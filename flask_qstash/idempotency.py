@@ -669,7 +669,20 @@ class SQLAlchemyStore(IdempotencyStore):
             " Another process keeps deleting it; check what purges the table."
         )
 
-    def complete(self, key: str, token: str, *, result: str | None = None) -> bool:
+    def complete(
+        self,
+        key: str,
+        token: str,
+        *,
+        result: str | None = None,
+        connection: sa.Connection | sa.orm.Session | None = None,
+    ) -> bool:
+        """Mark ``key`` done if ``token`` still owns it.
+
+        :param connection: Run the update on this connection or session,
+            inside its transaction and without committing, so the caller's own
+            writes and the completion commit together or not at all.
+        """
         import sqlalchemy as sa
 
         now = self._clock()
@@ -684,6 +697,10 @@ class SQLAlchemyStore(IdempotencyStore):
             )
             .values(state=_DONE, expires_at=now + self.retention, result=result)
         )
+
+        if connection is not None:
+            rv: sa.CursorResult[t.Any] = connection.execute(stmt)  # type: ignore[assignment]
+            return rv.rowcount == 1
 
         with self.engine.begin() as conn:
             return conn.execute(stmt).rowcount == 1

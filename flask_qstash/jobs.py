@@ -154,6 +154,11 @@ class Job:
     :param parallelism: At most this many runs at once, per tenant.
     :param rate: At most this many runs started per ``period``, per tenant.
     :param period: The rate's period, in seconds or as ``"1m"``.
+    :param atomic: Commit the app's Flask-SQLAlchemy session together with the
+        record that the run is done, in one transaction, so the run's database
+        writes happen exactly once even if the process dies mid-way. Needs
+        ``QSTASH_IDEMPOTENCY_STORE = "sqlalchemy"``; the handler must not
+        commit itself.
     """
 
     def __init__(
@@ -171,6 +176,7 @@ class Job:
         parallelism: int | None = None,
         rate: int | None = None,
         period: int | str | datetime.timedelta | None = None,
+        atomic: bool = False,
     ) -> None:
         if not JOB_NAME_RE.match(name):
             raise ValueError(
@@ -207,6 +213,7 @@ class Job:
         self.parallelism = parallelism
         self.rate = rate
         self.period = _opt_duration(period, f"'period' of job {name!r}")
+        self.atomic = atomic
         self.takes_context = _takes_context(func)
 
         for expression in self.crons:
@@ -423,6 +430,7 @@ class Job:
             "parallelism": self.parallelism,
             "rate": self.rate,
             "period": self.period,
+            "atomic": self.atomic,
         }
 
     def _body(self, payload: t.Any, tenant: Tenant) -> str:

@@ -50,6 +50,7 @@ from .errors import RetryLater
 from .errors import SignatureError
 from .idempotency import ClaimState
 from .idempotency import IdempotencyStore
+from .idempotency import SQLAlchemyStore
 from .jobs import ENVELOPE_VERSION
 from .jobs import JobContext
 from .signing import Claims
@@ -61,6 +62,9 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from .jobs import Job
 
 logger = logging.getLogger(__name__)
+
+# One encoder for every answer; ``json.dumps`` with options builds one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -382,13 +386,30 @@ def _run(
             else handler.func(payload)
         )
     except Exception as exc:
+        if handler.atomic:
+            app.extensions["sqlalchemy"].session.rollback()
+
         ext.store.release(key, claim.token)
         return _handler_failed(app, ctx, exc, time.perf_counter() - started)
 
     duration = time.perf_counter() - started
     result = _result_body(ctx, rv)
 
-    if not ext.store.complete(key, claim.token, result=result):
+    if handler.atomic:
+        if not _complete_atomically(app, ext.store, key, claim.token, result):
+            logger.warning(
+                "Job %s message %s outlived its lease of %s s and was rolled back;"
+                " raise the job's timeout",
+                ctx.job,
+                ctx.message_id,
+                lease,
+            )
+            return _json(
+                {"error": "This message was taken over by another delivery."},
+                409,
+                {"Retry-After": "1"},
+            )
+    elif not ext.store.complete(key, claim.token, result=result):
         logger.warning(
             "Job %s message %s outlived its lease of %s s; raise the job's timeout",
             ctx.job,
@@ -405,6 +426,29 @@ def _run(
     )
     signals.send(signals.job_finished, app, **_ids(ctx), result=rv, duration=duration)
     return Response(result, 200, mimetype="application/json")
+
+
+def _complete_atomically(
+    app: t.Any, store: IdempotencyStore, key: str, token: str, result: str
+) -> bool:
+    """Commit the app's session with the completion, or roll both back."""
+    session = app.extensions["sqlalchemy"].session
+
+    try:
+        done = t.cast(SQLAlchemyStore, store).complete(
+            key, token, result=result, connection=session
+        )
+
+        if not done:
+            session.rollback()
+            return False
+
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
+
+    return True
 
 
 def _handler_failed(
@@ -491,7 +535,7 @@ def _rejected(app: t.Any, tenant: str, job: str, rv: _Reject) -> Response:
 
 def _result_body(ctx: JobContext, rv: t.Any) -> str:
     try:
-        return json.dumps({"status": "done", "result": rv}, separators=(",", ":"))
+        return _ENCODER.encode({"status": "done", "result": rv})
     except (TypeError, ValueError):
         logger.warning(
             "Job %s returned a value that is not JSON-serialisable; answering null",
@@ -561,7 +605,7 @@ def _json(
     data: dict[str, t.Any], status: int, headers: dict[str, str] | None = None
 ) -> Response:
     return Response(
-        json.dumps(data, separators=(",", ":")),
+        _ENCODER.encode(data),
         status,
         headers=headers,
         mimetype="application/json",
