@@ -489,3 +489,18 @@ def test_redis_store_needs_one_connection() -> None:
 def test_sql_store_needs_one_connection() -> None:
     with pytest.raises(TypeError, match="exactly one"):
         SQLAlchemyStore()
+
+
+def test_zero_retention_record_is_forgotten_after_its_lease(
+    store: IdempotencyStore, clock: FakeClock
+) -> None:
+    claim = store.claim(KEY, lease=LEASE, retention=0)
+
+    assert claim.state is ClaimState.CLAIMED
+    assert store.claim(KEY, lease=LEASE, retention=0).state is ClaimState.BUSY
+
+    clock.advance(LEASE)
+
+    assert store.get(KEY) is None
+    assert store.purge() == (0 if isinstance(store, RedisStore) else 1)
+    assert store.claim(KEY, lease=LEASE).state is ClaimState.CLAIMED
