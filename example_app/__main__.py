@@ -9,6 +9,7 @@ should. ``python -m example_app serve`` keeps the app running for a browser.
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 import threading
@@ -111,6 +112,11 @@ def run_demo(base: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)-7s %(name)s: %(message)s"
+    )
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     args = sys.argv[1:] if argv is None else argv
     serve = bool(args) and args[0] == "serve"
     port = _free_port() if not serve else 5000
