@@ -148,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.shutdown()
 
+        with app.app_context():
+            dev_server = app.extensions["qstash"].dev_server
+
+        if dev_server is not None:
+            dev_server.stop()
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
