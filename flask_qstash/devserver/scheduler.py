@@ -389,6 +389,9 @@ class Engine:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
+        if self._transport is not None:
+            self._transport.close()
+
         with self.lock:
             self.store.close()
 

@@ -45,6 +45,11 @@ class Transport:
         self._local = threading.local()
         self._ssl = ssl.create_default_context()
 
+        # Every open connection of every thread, so ``close`` reaches them all:
+        # a thread-local one left open warns when its pool thread exits.
+        self._open: set[http.client.HTTPConnection] = set()
+        self._lock = threading.Lock()
+
     def request(
         self,
         method: str,
@@ -101,11 +106,12 @@ class Transport:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
-        """Close this thread's connections; other threads close theirs on exit."""
-        for conn in getattr(self._local, "conns", {}).values():
-            conn.close()
+        """Close the connections of every thread; call it once sending stopped."""
+        with self._lock:
+            conns, self._open = self._open, set()
 
-        self._local.conns = {}
+        for conn in conns:
+            conn.close()
 
     def _connection(
         self, origin: tuple[str, str, int | None], timeout: float, *, fresh: bool
@@ -132,6 +138,10 @@ class Transport:
             conn = http.client.HTTPConnection(host, port, timeout=timeout)
 
         conns[origin] = conn
+
+        with self._lock:
+            self._open.add(conn)
+
         return conn, False
 
     def _drop(self, origin: tuple[str, str, int | None]) -> None:
@@ -139,3 +149,6 @@ class Transport:
 
         if conn is not None:
             conn.close()
+
+            with self._lock:
+                self._open.discard(conn)
