@@ -193,8 +193,10 @@ class Publisher:
         """Publish several job runs in one batch request."""
         client = self.client(tenant)
         batch: list[t.Any] = [r.options() for r in requests]
-        rv = self.call(tenant, "a batch", lambda: client.message.batch(batch))
-        return [Published(r.message_id, bool(r.deduplicated)) for r in rv]  # type: ignore[union-attr]
+        rv: list[t.Any] = self.call(
+            tenant, "a batch", lambda: client.message.batch(batch)
+        )
+        return [Published(r.message_id, bool(r.deduplicated)) for r in rv]
 
     def call(self, tenant: Tenant, what: str, func: t.Callable[[], _T]) -> _T:
         """Run ``func`` with bounded retries, raising :class:`PublishError`.
@@ -305,7 +307,7 @@ def _fatal(tenant: Tenant, what: str, status: int | None, reason: str) -> Publis
     elif status == 429:
         fix = "Wait for the quota to reset or raise the plan's limit."
     else:
-        fix = "Check the job's options; retrying the same request will fail again."
+        fix = f"Check what was sent; sending {what} unchanged will fail again."
 
     return PublishError(
         f"QStash refused {what} for tenant {tenant.id!r}: {reason}. {fix}",
