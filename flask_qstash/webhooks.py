@@ -158,11 +158,15 @@ def failed(tenant: str, job: str) -> Response:
     req = request._get_current_object()  # type: ignore[attr-defined]
 
     try:
-        record, handler, body = _authenticate(ext, req, tenant, job, "/failed")
+        record, _, body = _authenticate(ext, req, tenant, job, "/failed")
         report = _load_json(body)
 
-        if not isinstance(report, dict):
-            raise _Reject(489, "The failure report is not a JSON object.", "envelope")
+        if not isinstance(report, dict) or not report.get("sourceMessageId"):
+            raise _Reject(
+                489,
+                "The failure report is not a JSON object with 'sourceMessageId'.",
+                "envelope",
+            )
     except _Reject as rv:
         return _rejected(app, tenant, job, rv)
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -518,8 +519,6 @@ def test_failure_callback_runs_hooks_once(qstash: QStash, deliver: Deliverer) ->
     qstash.job("echo")(runs.append)
     qstash.on_failure(dead.append)
     envelope = deliver.envelope("echo", {"n": 1})
-    import base64
-
     report = {
         "status": 500,
         "sourceMessageId": "msg_dead",
@@ -550,3 +549,30 @@ def test_failure_callback_runs_hooks_once(qstash: QStash, deliver: Deliverer) ->
         "oops",
     )
     assert runs == []
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        pytest.param({"status": 500, "dlqId": "dlq_1"}, id="no-source-message-id"),
+        pytest.param(["not", "an", "object"], id="not-an-object"),
+    ],
+)
+def test_malformed_failure_report_is_489(
+    qstash: QStash, deliver: Deliverer, report: t.Any
+) -> None:
+    dead: list[t.Any] = []
+    qstash.job("echo")(lambda payload: None)
+    qstash.on_failure(dead.append)
+    body = json.dumps(report).encode()
+    url = f"{PUBLIC_URL}/qstash/acme/echo/failed"
+
+    rv = deliver.client.post(
+        "/qstash/acme/echo/failed",
+        data=body,
+        headers={"Upstash-Signature": sign(body, url=url, key=CURRENT_KEY)},
+    )
+
+    assert rv.status_code == 489
+    assert rv.headers["Upstash-NonRetryable-Error"] == "true"
+    assert dead == []
