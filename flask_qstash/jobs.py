@@ -526,8 +526,9 @@ class Job:
                 flow_control["period"] = self.period
 
         job_timeout = _opt_duration(timeout, "'timeout'")
+        url = self.extension.webhook_url(tenant, self.name)
         return PublishRequest(
-            url=self.extension.webhook_url(tenant, self.name),
+            url=url,
             body=body,
             deduplication_id=dedup,
             label=self._label(tenant),
@@ -536,7 +537,7 @@ class Job:
             not_before=_unix(not_before),
             retries=self._retries(tenant, retries),
             timeout=job_timeout if job_timeout is not None else self.timeout,
-            failure_callback=self.extension.webhook_url(tenant, self.name) + "/failed",
+            failure_callback=url + "/failed",
             flow_control=flow_control,
         )
 
@@ -553,15 +554,16 @@ class Job:
             tenant.id,
             message_id,
         )
-        signals.send(
-            signals.job_enqueued,
-            current_app._get_current_object(),  # type: ignore[attr-defined]
-            job=self.name,
-            tenant=tenant.id,
-            message_id=message_id,
-            deduplicated=deduplicated,
-            options=request.options(),
-        )
+        if signals.job_enqueued.receivers:
+            signals.send(
+                signals.job_enqueued,
+                current_app._get_current_object(),  # type: ignore[attr-defined]
+                job=self.name,
+                tenant=tenant.id,
+                message_id=message_id,
+                deduplicated=deduplicated,
+                options=request.options(),
+            )
         return EnqueueResult(
             job=self.name,
             tenant=tenant.id,
