@@ -435,7 +435,10 @@ class Job:
 
     def _body(self, payload: t.Any, tenant: Tenant) -> str:
         self.load_payload(payload)
+        return self._envelope(payload, tenant)
 
+    def _envelope(self, payload: t.Any, tenant: Tenant) -> str:
+        """The JSON body of a run, with ``payload`` as given and not checked."""
         try:
             return json.dumps(
                 {

@@ -318,3 +318,7 @@ class Deliverer:
 def deliver(client: FlaskClient) -> Deliverer:
     """Post signed deliveries to ``app``; see :class:`Deliverer`."""
     return Deliverer(client)
+
+
+# The pytest_plugin tests run pytest inside pytest.
+pytest_plugins = ("pytester",)
