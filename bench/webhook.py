@@ -15,7 +15,13 @@ requests, the same JSON body and the same headers:
     A Flask route at the same path that only does
     ``json.loads(request.get_data())`` and returns a small JSON object.
 
-Both are measured twice:
+``checked`` (in-process only, for information)
+    The bare route plus what a hand-written webhook would do at least: check
+    the signature with :func:`flask_qstash.signing.verify` and load the payload
+    with the same schema. The ``qstash``/``checked`` ratio shows what the rest
+    of the delivery path (envelope, idempotency, context, signals) costs.
+
+The first two are measured twice:
 
 - **in-process**: the WSGI app is called directly with environs pre-built by
   :class:`werkzeug.test.EnvironBuilder`, so no client cost dilutes the ratio;
@@ -46,11 +52,13 @@ import httpx
 from flask import Flask
 from flask import request
 from marshmallow import fields
+from marshmallow import Schema
 from werkzeug.test import EnvironBuilder
 
 from flask_qstash import QStash
 from flask_qstash.jobs import ENVELOPE_VERSION
 from flask_qstash.signing import sign
+from flask_qstash.signing import verify
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from multiprocessing.connection import Connection
@@ -80,6 +88,13 @@ DRIVER_THREADS = 2
 #: The in-process ratio the ``qstash`` side must reach.
 TARGET = 0.7
 
+#: The job's payload schema, shared by the ``qstash`` and ``checked`` sides.
+SCHEMA: dict[str, fields.Field[t.Any]] = {
+    "user_id": fields.Integer(required=True),
+    "email": fields.Email(required=True),
+    "plan": fields.String(),
+}
+
 BODY = json.dumps(
     {
         "v": ENVELOPE_VERSION,
@@ -105,14 +120,7 @@ def make_qstash_app() -> Flask:
     )
     qstash = QStash(app)
 
-    @qstash.job(
-        JOB,
-        schema={
-            "user_id": fields.Integer(required=True),
-            "email": fields.Email(required=True),
-            "plan": fields.String(),
-        },
-    )
+    @qstash.job(JOB, schema=SCHEMA)
     def signup(payload: dict[str, t.Any]) -> dict[str, t.Any]:
         return {"welcomed": payload["user_id"]}
 
@@ -127,6 +135,26 @@ def make_bare_app() -> Flask:
     def receive() -> dict[str, t.Any]:
         data = json.loads(request.get_data())
         return {"status": "done", "result": {"welcomed": data["payload"]["user_id"]}}
+
+    return app
+
+
+def make_checked_app() -> Flask:
+    """Return a route that verifies and validates by hand, without the extension."""
+    app = Flask("bench_checked")
+    schema = Schema.from_dict(SCHEMA)()
+
+    @app.post(PATH)
+    def receive() -> dict[str, t.Any]:
+        body = request.get_data()
+        verify(
+            request.headers.get("Upstash-Signature"),
+            body,
+            url=URL,
+            keys=[CURRENT_KEY, NEXT_KEY],
+        )
+        payload = schema.load(json.loads(body)["payload"])
+        return {"status": "done", "result": {"welcomed": payload["user_id"]}}
 
     return app
 
@@ -274,38 +302,43 @@ def run_rounds(
     name: str,
     requests: int,
     measure: t.Callable[[str, list[dict[str, str]]], float],
-) -> tuple[Side, Side]:
-    """Run :data:`ROUNDS` rounds of both sides, alternating which goes first."""
-    sides = {v: Side(f"{v} {name}", requests, []) for v in ("qstash", "bare")}
+    variants: tuple[str, ...] = ("qstash", "bare"),
+) -> dict[str, Side]:
+    """Run :data:`ROUNDS` rounds of every variant, rotating which goes first."""
+    sides = {v: Side(f"{v} {name}", requests, []) for v in variants}
 
     # One untimed warm-up each, so first-request set-up is not measured.
     for variant in sides:
         measure(variant, make_headers(min(requests, 200), f"warm-{variant}"))
 
     for r in range(ROUNDS):
-        order = ("qstash", "bare") if r % 2 == 0 else ("bare", "qstash")
+        shift = r % len(variants)
+        order = variants[shift:] + variants[:shift]
 
         for variant in order:
             headers = make_headers(requests, f"{name}-{r}-{variant}")
             sides[variant].seconds.append(measure(variant, headers))
 
-    return sides["qstash"], sides["bare"]
+    return sides
 
 
-def bench_in_process() -> tuple[Side, Side]:
-    """Measure both apps called directly through WSGI."""
+def bench_in_process() -> dict[str, Side]:
+    """Measure the apps called directly through WSGI."""
     apps: dict[str, WSGIApplication] = {
         "qstash": make_qstash_app(),
         "bare": make_bare_app(),
+        "checked": make_checked_app(),
     }
 
     def measure(variant: str, headers: list[dict[str, str]]) -> float:
         return time_wsgi(apps[variant], make_environs(headers))
 
-    return run_rounds("in-process", INPROCESS_REQUESTS, measure)
+    return run_rounds(
+        "in-process", INPROCESS_REQUESTS, measure, ("qstash", "bare", "checked")
+    )
 
 
-def bench_waitress() -> tuple[Side, Side]:
+def bench_waitress() -> dict[str, Side]:
     """Measure both apps behind waitress, each in a process of its own."""
     context = multiprocessing.get_context("spawn")
     processes = []
@@ -344,16 +377,16 @@ def bench_waitress() -> tuple[Side, Side]:
             process.join(5)
 
 
-def report(title: str, app_side: Side, bare_side: Side, target: float | None) -> None:
-    """Print one comparison as a table and a ratio line."""
+def report(title: str, sides: dict[str, Side], target: float | None) -> None:
+    """Print one comparison as a table and its ratio lines."""
     print(f"\n{title}")
     print(f"{'variant':<22}{'requests':>10}{'seconds':>10}{'req/s':>10}")
 
-    for side in (app_side, bare_side):
+    for side in sides.values():
         total = side.requests * len(side.seconds)
         print(f"{side.name:<22}{total:>10}{sum(side.seconds):>10.2f}{side.rate:>10.0f}")
 
-    ratio = app_side.rate / bare_side.rate
+    ratio = sides["qstash"].rate / sides["bare"].rate
 
     if target is None:
         verdict = "(no target; client and server cost are shared)"
@@ -361,6 +394,10 @@ def report(title: str, app_side: Side, bare_side: Side, target: float | None) ->
         verdict = f"target >= {target:.2f}: {'PASS' if ratio >= target else 'BELOW'}"
 
     print(f"ratio qstash/bare: {ratio:.2f}  {verdict}")
+
+    if "checked" in sides:
+        checked = sides["qstash"].rate / sides["checked"].rate
+        print(f"ratio qstash/checked: {checked:.2f}  (information)")
 
 
 def main() -> None:
@@ -372,13 +409,13 @@ def main() -> None:
     started = time.perf_counter()
     in_process = bench_in_process()
     report(
-        f"in-process WSGI calls ({INPROCESS_REQUESTS} per round)", *in_process, TARGET
+        f"in-process WSGI calls ({INPROCESS_REQUESTS} per round)", in_process, TARGET
     )
     served = bench_waitress()
     report(
         f"waitress on 127.0.0.1, {DRIVER_THREADS} httpx keep-alive threads"
         f" ({SERVER_REQUESTS} per round)",
-        *served,
+        served,
         None,
     )
     print(f"\ntotal {time.perf_counter() - started:.1f} s")
