@@ -1462,7 +1462,7 @@ class Engine:
             outcome.error = f"{type(exc).__name__}: {exc}"
 
         logger.info(
-            "Delivered %s to %s: %s in %.0f ms",
+            "Sent %s to %s: %s in %.0f ms",
             attempt.message_id,
             attempt.url,
             outcome.status or outcome.error,
