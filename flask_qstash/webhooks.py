@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import functools
 import json
 import logging
 import time
@@ -117,6 +118,31 @@ class _Reject(Exception):
         self.headers = headers or {}
 
 
+_View = t.Callable[[str, str], Response]
+
+
+def _guarded(view: _View) -> _View:
+    """Answer 500 with a plain JSON error when the machinery itself fails.
+
+    Handler errors are answered by :func:`_run`; this catches the rest, such as
+    an idempotency store or a tenant loader that is down, so QStash retries and
+    no answer ever carries a stack trace.
+    """
+
+    @functools.wraps(view)
+    def wrapper(tenant: str, job: str) -> Response:
+        try:
+            return view(tenant, job)
+        except Exception:
+            logger.exception(
+                "Could not process a delivery to job %s of tenant %s", job, tenant
+            )
+            return _json({"error": "The delivery could not be processed."}, 500)
+
+    return wrapper
+
+
+@_guarded
 def deliver(tenant: str, job: str) -> Response:
     """Run one delivery of ``job`` for ``tenant``. Registered per job."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -151,6 +177,7 @@ def deliver(tenant: str, job: str) -> Response:
     return _run(ext, app, record, handler, payload, ctx)
 
 
+@_guarded
 def failed(tenant: str, job: str) -> Response:
     """Receive QStash's failure callback for ``job`` and report the dead run."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -206,6 +233,7 @@ def failed(tenant: str, job: str) -> Response:
     return _json({"status": "done"}, 200)
 
 
+@_guarded
 def unknown(tenant: str, job: str) -> Response:
     """Answer a delivery for a job no handler is registered for.
 

@@ -576,3 +576,42 @@ def test_malformed_failure_report_is_489(
     assert rv.status_code == 489
     assert rv.headers["Upstash-NonRetryable-Error"] == "true"
     assert dead == []
+
+
+def test_store_outage_is_a_plain_500(
+    qstash: QStash, app: Flask, deliver: Deliverer, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs: list[t.Any] = []
+    qstash.job("echo")(runs.append)
+
+    with app.app_context():
+        store = qstash.store
+
+    def broken(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        raise ConnectionError("store unreachable at redis://:hunter2@cache")
+
+    store.claim = broken  # type: ignore[method-assign]
+    rv = deliver("echo", {"n": 1})
+
+    assert rv.status_code == 500
+    assert rv.get_json() == {"error": "The delivery could not be processed."}
+    assert "hunter2" not in rv.get_data(as_text=True)
+    assert runs == []
+    assert "Could not process a delivery to job echo" in caplog.text
+
+
+def test_tenant_loader_outage_is_a_plain_500(
+    qstash: QStash, deliver: Deliverer
+) -> None:
+    runs: list[t.Any] = []
+    qstash.job("echo")(runs.append)
+
+    @qstash.tenant_loader
+    def load(tenant_id: str) -> None:
+        raise TimeoutError("database down")
+
+    rv = deliver("echo", {}, tenant="initech")
+
+    assert rv.status_code == 500
+    assert rv.get_json() == {"error": "The delivery could not be processed."}
+    assert runs == []
