@@ -20,6 +20,8 @@ handler raised anything else                          500
 handler returned                                      200 with the result
 ====================================================  ======================
 
+A failure of the machinery itself, such as an idempotency store or a tenant
+loader that cannot be reached, is logged and answered 500, so QStash retries.
 No answer carries a stack trace, a secret or a signature value.
 """
 
