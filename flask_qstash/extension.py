@@ -536,7 +536,12 @@ def _wants_dev_server(app: Flask, settings: Settings) -> bool:
 def _start_dev_server(
     app: Flask, settings: Settings
 ) -> tuple[Settings, DevServer | None]:
-    """Start the dev server, or join the one a reloader parent started."""
+    """Start the dev server, or join the one already running for this app.
+
+    A reloader's child finds its parent's server through an environment
+    variable; any other process finds a server on the same database through
+    the database's lock file.
+    """
     from . import devserver
 
     public_url = settings.public_url or "http://127.0.0.1:{}".format(
@@ -556,8 +561,34 @@ def _start_dev_server(
     if database != ":memory:":
         os.makedirs(os.path.dirname(database) or ".", exist_ok=True)
 
+    # Another process may already run a server on this database, such as
+    # 'flask run' while 'flask qstash dlq' runs in a second terminal.
+    running = devserver.running_at(database)
+
+    if running and _dev_server_answers(running):
+        logger.info(
+            "Using the QStash dev server at %s (state in %s)", running, database
+        )
+        return _dev_settings(settings, running), None
+
     server = devserver.DevServer(database=database, speed=settings.dev_server_speed)
-    server.start()
+
+    try:
+        server.start()
+    except devserver.DatabaseLockedError:
+        # It started between our look and our start; join it once it answers.
+        deadline = time.monotonic() + 10
+
+        while time.monotonic() < deadline:
+            running = devserver.running_at(database)
+
+            if running and _dev_server_answers(running):
+                return _dev_settings(settings, running), None
+
+            time.sleep(0.1)
+
+        raise
+
     os.environ[DEV_SERVER_ENV] = server.url
     logger.info(
         "Started the QStash dev server at %s (state in %s)", server.url, database

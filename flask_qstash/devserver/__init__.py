@@ -40,10 +40,14 @@ from werkzeug.serving import make_server
 from werkzeug.serving import WSGIRequestHandler
 
 from .api import Api
+from .lock import DatabaseLock
+from .lock import DatabaseLockedError
+from .lock import running_at
 from .scheduler import Engine
 from .store import Store
 
 __all__ = [
+    "DatabaseLockedError",
     "DEFAULT_CURRENT_SIGNING_KEY",
     "DEFAULT_NEXT_SIGNING_KEY",
     "DEFAULT_TOKEN",
@@ -51,6 +55,7 @@ __all__ = [
     "DevServer",
     "main",
     "print_banner",
+    "running_at",
 ]
 
 logger = logging.getLogger(__name__)
@@ -130,6 +135,7 @@ class DevServer:
         self.host = host
         self.port = port
         self.database = database
+        self._db_lock: DatabaseLock | None = None
         self.speed = speed
         self.max_body_size = max_body_size
         self.workers = workers
@@ -197,8 +203,19 @@ class DevServer:
             if self._server is not None:
                 return self
 
+            lock = DatabaseLock(self.database)
+
+            if self.database != ":memory:":
+                lock.acquire()
+
+            try:
+                store = Store(self.database)
+            except BaseException:
+                lock.release()
+                raise
+
             engine = Engine(
-                Store(self.database),
+                store,
                 self.users,
                 speed=self.speed,
                 workers=self.workers,
@@ -215,6 +232,7 @@ class DevServer:
                 )
             except BaseException:
                 engine.stop()
+                lock.release()
                 raise
 
             # Handler threads must never keep the interpreter alive.
@@ -229,6 +247,8 @@ class DevServer:
                 daemon=True,
             )
             self._thread.start()
+            self._db_lock = lock
+            lock.publish(self.url)
             logger.info("QStash dev server listening on %s", self.url)
             return self
 
@@ -248,6 +268,10 @@ class DevServer:
 
             engine.stop()
             self._server = self._engine = self._thread = None
+
+            if self._db_lock is not None:
+                self._db_lock.release()
+                self._db_lock = None
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until no delivery is in flight or due within ``timeout`` seconds.

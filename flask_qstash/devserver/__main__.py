@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             speed=args.speed,
             max_body_size=args.max_body_size,
         ).start()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
         logging.getLogger(__name__).error("Could not start the dev server: %s", exc)
         return 1
 
