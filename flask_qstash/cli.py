@@ -128,7 +128,9 @@ def _clean(value: t.Any, limit: int | None = None) -> str:
 def _table(headers: t.Sequence[str], rows: t.Sequence[t.Sequence[str]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     click.echo(
-        "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
+        "  ".join(
+            h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)
+        ).rstrip()
     )
 
     for row in rows:
