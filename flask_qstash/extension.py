@@ -142,16 +142,21 @@ class QStash:
             )
 
         settings = load_settings(app.config)
-        dev_server = None
-
-        if _wants_dev_server(app, settings):
-            settings, dev_server = _start_dev_server(app, settings)
-
         store = self._store or store_from_config(
             settings.idempotency_store,
             retention=settings.idempotency_retention,
             engine_factory=lambda: _flask_sqlalchemy_engine(app),
         )
+
+        # Refuse a bad set-up before anything starts or is registered.
+        for job in self._jobs.values():
+            _check_atomic(app, store, job)
+
+        dev_server = None
+
+        if _wants_dev_server(app, settings):
+            settings, dev_server = _start_dev_server(app, settings)
+
         publisher = Publisher(
             client_class=self.client_class,
             timeout=settings.publish_timeout,
@@ -168,7 +173,6 @@ class QStash:
         )
 
         for job in self._jobs.values():
-            _check_atomic(app, store, job)
             _add_routes(app, prefix, job)
 
         from .cli import qstash_cli

@@ -151,3 +151,7 @@ def test_atomic_job_needs_the_sqlalchemy_store(
 
     with pytest.raises(ValueError, match="QSTASH_IDEMPOTENCY_STORE"):
         qstash.init_app(app)
+
+    # Nothing was half set up: no extension, no routes.
+    assert "qstash" not in app.extensions
+    assert not [r for r in app.url_map.iter_rules() if r.rule.startswith("/qstash")]
