@@ -496,15 +496,27 @@ def message_view(msg: Message) -> dict[str, t.Any]:
     }
     rv.update({k: v for k, v in optional.items() if v is not None})
 
+    rv.update(_callback_fields(msg, "Header"))
+    rv.update(flow_view(msg.flow_control_key, msg.parallelism, msg.rate, msg.period))
+    return rv
+
+
+def _callback_fields(msg: Message, headers_key: str) -> dict[str, t.Any]:
+    """The callback URLs and headers of ``msg``.
+
+    Messages spell the header maps ``callbackHeader``, log events
+    ``callbackHeaders``, as the SDK reads them; ``headers_key`` picks one.
+    """
+    rv: dict[str, t.Any] = {}
+
     if msg.callback is not None:
         rv["callback"] = msg.callback.url
-        rv["callbackHeader"] = msg.callback.headers
+        rv["callback" + headers_key] = msg.callback.headers
 
     if msg.failure_callback is not None:
         rv["failureCallback"] = msg.failure_callback.url
-        rv["failureCallbackHeader"] = msg.failure_callback.headers
+        rv["failureCallback" + headers_key] = msg.failure_callback.headers
 
-    rv.update(flow_view(msg.flow_control_key, msg.parallelism, msg.rate, msg.period))
     return rv
 
 
@@ -570,14 +582,7 @@ def event_view(msg: Message, state: str, now_ms: int) -> dict[str, t.Any]:
     }
     rv.update({k: v for k, v in optional.items() if v is not None})
 
-    if msg.callback is not None:
-        rv["callback"] = msg.callback.url
-        rv["callbackHeaders"] = msg.callback.headers
-
-    if msg.failure_callback is not None:
-        rv["failureCallback"] = msg.failure_callback.url
-        rv["failureCallbackHeaders"] = msg.failure_callback.headers
-
+    rv.update(_callback_fields(msg, "Headers"))
     rv.update(flow_view(msg.flow_control_key, msg.parallelism, msg.rate, msg.period))
     return rv
 
