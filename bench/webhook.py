@@ -1,27 +1,33 @@
 """Signed deliveries per second through Flask-QStash, against a bare Flask route.
 
-Run ``python bench/webhook.py``. One run measures two sides with the same
+Run ``python bench/webhook.py``. One run measures every side with the same
 requests, the same JSON body and the same headers:
 
 ``qstash``
     A Flask app with the :class:`~flask_qstash.QStash` extension (token, signing
     keys and ``QSTASH_PUBLIC_URL`` set, the memory idempotency store) and one job
-    with a small marshmallow schema. Every delivery carries a fresh
-    ``Upstash-Signature`` token from :func:`flask_qstash.signing.sign` and a
-    unique ``Upstash-Message-Id``, so each one is verified, parsed, validated,
-    claimed, run and completed: the whole delivery path.
+    with a small marshmallow schema, called through the app's WSGI callable as
+    a server would call it, so its ``DeliveryMiddleware`` answers. Every
+    delivery carries a fresh ``Upstash-Signature`` token from
+    :func:`flask_qstash.signing.sign` and a unique ``Upstash-Message-Id``, so
+    each one is verified, parsed, validated, claimed, run and completed: the
+    whole delivery path.
 
 ``bare``
     A Flask route at the same path that only does
     ``json.loads(request.get_data())`` and returns a small JSON object.
 
-``checked`` (in-process only, for information)
-    The bare route plus what a hand-written webhook would do at least: check
-    the signature with :func:`flask_qstash.signing.verify` and load the payload
-    with the same schema. The ``qstash``/``checked`` ratio shows what the rest
-    of the delivery path (envelope, idempotency, context, signals) costs.
+``view`` (in-process only, for information)
+    The ``qstash`` app called past its middleware, so Flask dispatches the
+    delivery to the job's route: the path a request takes when it reaches the
+    view by another way. Same checks, plus Flask's request dispatch.
 
-The first two are measured twice:
+``checked`` (in-process only, for information)
+    What a hand-written webhook route does at least: check the signature
+    with :func:`flask_qstash.signing.verify` and load the payload with the
+    same schema, with no idempotency, envelope or signals.
+
+``qstash`` and ``bare`` are measured twice:
 
 - **in-process**: the WSGI app is called directly with environs pre-built by
   :class:`werkzeug.test.EnvironBuilder`, so no client cost dilutes the ratio;
@@ -29,16 +35,17 @@ The first two are measured twice:
   and driven by two threads, each with a keep-alive :class:`httpx.Client`.
 
 Tokens live 300 s, so they are signed just before each round and signing is not
-timed. The sides alternate in rounds (A B, B A, ...) so machine noise hits both
+timed. The sides alternate in rounds (A B, B A, ...) so machine noise hits all
 alike; each side's rate is the median of its rounds.
 
 Target: the ``qstash`` side reaches at least 0.7 of the ``bare`` side's rate
-in-process. The waitress ratio is printed for information: client and server
-overhead there is shared by both sides.
+in-process. The other ratios are printed for information: over waitress,
+client and server overhead is shared by both sides.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import statistics
@@ -327,6 +334,7 @@ def bench_in_process() -> dict[str, Side]:
     apps: dict[str, WSGIApplication] = {
         "qstash": make_qstash_app(),
         "bare": make_bare_app(),
+        "view": functools.partial(Flask.wsgi_app, make_qstash_app()),
         "checked": make_checked_app(),
     }
 
@@ -334,7 +342,10 @@ def bench_in_process() -> dict[str, Side]:
         return time_wsgi(apps[variant], make_environs(headers))
 
     return run_rounds(
-        "in-process", INPROCESS_REQUESTS, measure, ("qstash", "bare", "checked")
+        "in-process",
+        INPROCESS_REQUESTS,
+        measure,
+        ("qstash", "bare", "view", "checked"),
     )
 
 
@@ -395,9 +406,10 @@ def report(title: str, sides: dict[str, Side], target: float | None) -> None:
 
     print(f"ratio qstash/bare: {ratio:.2f}  {verdict}")
 
-    if "checked" in sides:
-        checked = sides["qstash"].rate / sides["checked"].rate
-        print(f"ratio qstash/checked: {checked:.2f}  (information)")
+    for other in ("view", "checked"):
+        if other in sides:
+            ratio = sides[other].rate / sides["bare"].rate
+            print(f"ratio {other}/bare: {ratio:.2f}  (information)")
 
 
 def main() -> None:

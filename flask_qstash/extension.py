@@ -41,6 +41,8 @@ from .tenancy import ENVIRON_KEY
 if t.TYPE_CHECKING:  # pragma: no cover
     import datetime
 
+    from werkzeug.routing import MapAdapter
+
     from .devserver import DevServer
     from .webhooks import DeadJob
 
@@ -68,6 +70,9 @@ class _State:
     dev_server: DevServer | None = None
     tenant_cache: dict[str, tuple[float, Tenant | None]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    #: URL adapters bound to public origins, for handlers' ``url_for``.
+    url_adapters: dict[str, MapAdapter] = field(default_factory=dict)
 
     #: The default tenant and ``QSTASH_TENANTS``, with accounts filled in, built
     #: once so a delivery never rebuilds them.
@@ -133,6 +138,10 @@ class QStash:
         environment; see :doc:`/config`. A bad value raises
         :class:`ValueError` naming the key and the fix.
 
+        ``app.wsgi_app`` is wrapped in a
+        :class:`~flask_qstash.webhooks.DeliveryMiddleware`, which answers
+        deliveries before Flask's request dispatch; see :doc:`/delivery`.
+
         :param app: The app to set up.
         """
         if "qstash" in app.extensions:
@@ -174,6 +183,10 @@ class QStash:
 
         for job in self._jobs.values():
             _add_routes(app, prefix, job)
+
+        app.wsgi_app = webhooks.DeliveryMiddleware(  # type: ignore[method-assign]
+            app, app.wsgi_app, self
+        )
 
         from .cli import qstash_cli
 

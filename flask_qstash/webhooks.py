@@ -1,4 +1,4 @@
-"""The delivery views QStash calls.
+"""Answering the deliveries QStash sends.
 
 Checks run in the order of the design's response table, and the first one that
 fails answers:
@@ -23,6 +23,29 @@ handler returned                                      200 with the result
 A failure of the machinery itself, such as an idempotency store or a tenant
 loader that cannot be reached, is logged and answered 500, so QStash retries.
 No answer carries a stack trace, a secret or a signature value.
+
+Where deliveries are answered
+-----------------------------
+
+:meth:`QStash.init_app <flask_qstash.QStash.init_app>` registers a Flask route
+per job, so ``url_for``, ``flask routes`` and ``flask qstash list-jobs`` see
+them, and wraps ``app.wsgi_app`` in :class:`DeliveryMiddleware`. The
+middleware answers ``POST`` requests to a job's route itself, inside an
+application context, before Flask's request dispatch; every other request,
+including any path under the prefix that is not a job's, goes on to Flask. The
+routes' views run the same checks, for a request that reaches them by another
+way.
+
+A delivery is a signed call from a machine, not a visit, so the app's
+``before_request``, ``after_request`` and ``teardown_request`` functions and its
+error handlers are not run for it: CSRF checks, login redirects and rate
+limits written for browsers never turn a delivery away. The job's
+application context is popped when the answer is ready, so
+``teardown_appcontext`` functions, such as Flask-SQLAlchemy's session
+cleanup, do run. To prepare something for every job, connect to
+:data:`~flask_qstash.signals.job_received`.
+
+.. autoclass:: DeliveryMiddleware
 """
 
 from __future__ import annotations
@@ -39,10 +62,11 @@ from dataclasses import dataclass
 
 from flask import current_app
 from flask import g
-from flask import Request
 from flask import request
 from flask import Response
 from marshmallow import ValidationError
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.wsgi import get_input_stream
 
 from . import signals
 from .config import build_url
@@ -60,7 +84,15 @@ from .signing import Claims
 from .signing import verify
 
 if t.TYPE_CHECKING:  # pragma: no cover
+    from _typeshed.wsgi import StartResponse
+    from _typeshed.wsgi import WSGIApplication
+    from _typeshed.wsgi import WSGIEnvironment
+    from flask import Flask
+    from flask.ctx import AppContext
+    from werkzeug.routing import MapAdapter
+
     from .config import Tenant
+    from .extension import _State
     from .extension import QStash
     from .jobs import Job
 
@@ -68,6 +100,10 @@ logger = logging.getLogger(__name__)
 
 # One encoder for every answer; ``json.dumps`` with options builds one per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+_DELIVER = "deliver"
+_FAILED = "failed"
+_UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -102,6 +138,17 @@ class DeadJob:
     retried: int
 
 
+class Answer(t.NamedTuple):
+    """The answer to one delivery: status, JSON body and extra headers.
+
+    :meta private:
+    """
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
 class _Reject(Exception):
     """Stops a delivery early with an answer; internal to this module."""
 
@@ -111,106 +158,244 @@ class _Reject(Exception):
         message: str,
         reason: str,
         *,
-        headers: dict[str, str] | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.reason = reason
-        self.headers = headers or {}
+        self.headers = headers
 
 
-_View = t.Callable[[str, str], Response]
+class DeliveryMiddleware:
+    """Answer ``POST`` requests to job routes before Flask's request dispatch.
 
+    :meth:`QStash.init_app <flask_qstash.QStash.init_app>` installs it as
+    ``app.wsgi_app``; there is no need to add it by hand. Middleware added to
+    ``app.wsgi_app`` afterwards, such as ``ProxyFix`` or
+    :class:`~flask_qstash.TenantMiddleware`, wraps it and still sees every
+    request.
 
-def _guarded(view: _View) -> _View:
-    """Answer 500 with a plain JSON error when the machinery itself fails.
+    A delivery runs in an application context of its own. When neither the
+    app's ``SERVER_NAME`` nor a request says where the app lives, that context
+    builds URLs from the tenant's public origin, so ``url_for(...,
+    _external=True)`` in a handler gives links users can open.
 
-    Handler errors are answered by :func:`_run`; this catches the rest, such as
-    an idempotency store or a tenant loader that is down, so QStash retries and
-    no answer ever carries a stack trace.
+    :param app: The Flask app whose jobs are answered.
+    :param wsgi_app: The WSGI callable that answers every other request.
+    :param ext: The app's extension.
     """
 
-    @functools.wraps(view)
-    def wrapper(tenant: str, job: str) -> Response:
-        try:
-            return view(tenant, job)
-        except Exception:
-            logger.exception(
-                "Could not process a delivery to job %s of tenant %s", job, tenant
-            )
-            return _json({"error": "The delivery could not be processed."}, 500)
+    def __init__(self, app: Flask, wsgi_app: WSGIApplication, ext: QStash) -> None:
+        self.app = app
+        self.wsgi_app = wsgi_app
+        self.ext = ext
+        self._state = ext._state[app]
+        self._prefix = self._state.settings.url_prefix + "/"
 
-    return wrapper
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> t.Iterable[bytes]:
+        path: str = environ.get("PATH_INFO", "")
+
+        if not path.startswith(self._prefix) or environ["REQUEST_METHOD"] != "POST":
+            return self.wsgi_app(environ, start_response)
+
+        route = self._route(path)
+
+        if route is None:
+            return self.wsgi_app(environ, start_response)
+
+        tenant, job, kind = route
+        app = self.app
+        app._got_first_request = True
+
+        with app.app_context() as ctx:
+            rv = handle(app, self._state, environ, tenant, job, kind, ctx)
+
+        body = rv.body
+        start_response(
+            _status_line(rv.status),
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(body))),
+                *rv.headers,
+            ],
+        )
+        return [body]
+
+    def _route(self, path: str) -> tuple[str, str, str] | None:
+        """Return ``(tenant, job, kind)`` for a known job's path, else ``None``.
+
+        Anything else goes on to Flask, so routes of the app's own under the
+        prefix keep working, and odd paths get Flask's usual answer.
+        """
+        parts = path[len(self._prefix) :].split("/")
+
+        if not parts[0] or not path.isascii():
+            return None
+
+        jobs = self.ext._jobs
+
+        if len(parts) == 2 and parts[1] in jobs:
+            return parts[0], parts[1], _DELIVER
+
+        if len(parts) == 3 and parts[2] == "failed" and parts[1] in jobs:
+            return parts[0], parts[1], _FAILED
+
+        return None
 
 
-@_guarded
+#: Most origins whose URL adapters are kept; more are bound per delivery.
+_MAX_ADAPTERS = 1000
+
+
+def _bind_urls(app: Flask, state: _State, tenant: Tenant) -> MapAdapter | None:
+    """Return a URL adapter for the tenant's public origin, if one is known."""
+    origin = tenant.public_url or state.settings.public_url
+
+    if origin is None:
+        return None
+
+    adapters = state.url_adapters
+    adapter = adapters.get(origin)
+
+    if adapter is None:
+        scheme, _, rest = origin.partition("://")
+        host, _, root = rest.partition("/")
+        adapter = app.url_map.bind(host, "/" + root, url_scheme=scheme)
+
+        if len(adapters) < _MAX_ADAPTERS:
+            adapters[origin] = adapter
+
+    return adapter
+
+
+@functools.cache
+def _status_line(status: int) -> str:
+    return f"{status} {HTTP_STATUS_CODES.get(status, 'Unknown').upper()}"
+
+
 def deliver(tenant: str, job: str) -> Response:
-    """Run one delivery of ``job`` for ``tenant``. Registered per job."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    ext: QStash = app.extensions["qstash"]
-    req = request._get_current_object()  # type: ignore[attr-defined]
-    environ = req.environ
+    """The route of every job: run one delivery of ``job`` for ``tenant``."""
+    return _respond(tenant, job, _DELIVER)
 
+
+def failed(tenant: str, job: str) -> Response:
+    """The failure callback route of every job: report a dead run."""
+    return _respond(tenant, job, _FAILED)
+
+
+def unknown(tenant: str, job: str) -> Response:
+    """The route of every other path under the prefix: answer 404.
+
+    The signature is still checked first, against the tenant's keys (or the
+    default account's for unknown tenants), so unsigned callers cannot probe
+    which tenants and jobs exist.
+    """
+    return _respond(tenant, job, _UNKNOWN)
+
+
+def _respond(tenant: str, job: str, kind: str) -> Response:
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    state = app.extensions["qstash"]._state[app]
+    rv = handle(app, state, request.environ, tenant, job, kind)
+    return Response(rv.body, rv.status, rv.headers, mimetype="application/json")
+
+
+def handle(
+    app: Flask,
+    state: _State,
+    environ: WSGIEnvironment,
+    tenant: str,
+    job: str,
+    kind: str,
+    app_ctx: AppContext | None = None,
+) -> Answer:
+    """Answer one request to a job route, inside the app's context.
+
+    :param app_ctx: The application context :class:`DeliveryMiddleware`
+        pushed for the delivery; handlers get URLs built from the public
+        origin through it. ``None`` when a Flask view answers.
+
+    Handler errors are answered by :func:`_run`; this also catches the rest,
+    such as an idempotency store or a tenant loader that is down, so QStash
+    retries and no answer ever carries a stack trace.
+    """
     try:
-        record, handler, body = _authenticate(ext, req, tenant, job, "")
-        payload, envelope = _parse(handler, tenant, body)
+        if kind == _DELIVER:
+            return _deliver(app, state, environ, tenant, job, app_ctx)
+
+        if kind == _FAILED:
+            return _failed(app, state, environ, tenant, job)
+
+        _authenticate(app, state, environ, tenant, job, "")
+        raise _Reject(404, "Unknown job.", "unknown-job")
     except _Reject as rv:
         return _rejected(app, tenant, job, rv)
+    except Exception:
+        logger.exception(
+            "Could not process a delivery to job %s of tenant %s", job, tenant
+        )
+        return _json({"error": "The delivery could not be processed."}, 500)
 
-    message_id = environ.get("HTTP_UPSTASH_MESSAGE_ID", "")
+
+def _deliver(
+    app: Flask,
+    state: _State,
+    environ: WSGIEnvironment,
+    tenant: str,
+    job: str,
+    app_ctx: AppContext | None,
+) -> Answer:
+    record, handler, body = _authenticate(app, state, environ, tenant, job, "")
+    payload, envelope = _parse(handler, tenant, body)
+    message_id = environ.get("HTTP_UPSTASH_MESSAGE_ID")
 
     if not message_id:
-        return _rejected(
-            app,
-            tenant,
-            job,
-            _Reject(489, "The 'Upstash-Message-Id' header is missing.", "message-id"),
-        )
+        raise _Reject(489, "The 'Upstash-Message-Id' header is missing.", "message-id")
 
     ctx = JobContext(
-        job=job,
-        tenant=tenant,
-        message_id=message_id,
-        retried=_int_header(environ, "HTTP_UPSTASH_RETRIED"),
-        schedule_id=environ.get("HTTP_UPSTASH_SCHEDULE_ID") or None,
-        enqueued_at=_enqueued_at(envelope),
+        job,
+        tenant,
+        message_id,
+        _int_header(environ, "HTTP_UPSTASH_RETRIED"),
+        environ.get("HTTP_UPSTASH_SCHEDULE_ID") or None,
+        _enqueued_at(envelope),
     )
-    return _run(ext, app, record, handler, payload, ctx)
+
+    if app_ctx is not None and app_ctx.url_adapter is None:
+        app_ctx.url_adapter = _bind_urls(app, state, record)
+
+    return _run(app, state, record, handler, payload, ctx)
 
 
-@_guarded
-def failed(tenant: str, job: str) -> Response:
-    """Receive QStash's failure callback for ``job`` and report the dead run."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    ext: QStash = app.extensions["qstash"]
-    req = request._get_current_object()  # type: ignore[attr-defined]
+def _failed(
+    app: Flask, state: _State, environ: WSGIEnvironment, tenant: str, job: str
+) -> Answer:
+    record, _, body = _authenticate(app, state, environ, tenant, job, "/failed")
+    report = _load_json(body)
 
-    try:
-        record, _, body = _authenticate(ext, req, tenant, job, "/failed")
-        report = _load_json(body)
-
-        if not isinstance(report, dict) or not report.get("sourceMessageId"):
-            raise _Reject(
-                489,
-                "The failure report is not a JSON object with 'sourceMessageId'.",
-                "envelope",
-            )
-    except _Reject as rv:
-        return _rejected(app, tenant, job, rv)
+    if not isinstance(report, dict) or not report.get("sourceMessageId"):
+        raise _Reject(
+            489,
+            "The failure report is not a JSON object with 'sourceMessageId'.",
+            "envelope",
+        )
 
     dead = _dead_job(tenant, job, report)
+    store = state.store
     key = f"{tenant}:dead:{dead.message_id}"
-    claim = ext.store.claim(key, lease=ext.settings.lease)
+    claim = store.claim(key, lease=state.settings.lease)
 
     if claim.state is ClaimState.DONE:
-        return _json({"status": "done"}, 200)
+        return _DONE
 
     if claim.state is ClaimState.BUSY:
         return _json(
             {"error": "This failure is being handled."},
             409,
-            {"Retry-After": str(claim.retry_after)},
+            (("Retry-After", str(claim.retry_after)),),
         )
 
     assert claim.token is not None
@@ -225,55 +410,38 @@ def failed(tenant: str, job: str) -> Response:
 
     try:
         signals.send(signals.job_dead, app, **dead.__dict__)
-        ext.run_failure_hooks(dead)
+        app.extensions["qstash"].run_failure_hooks(dead)
     except Exception:
-        ext.store.release(key, claim.token)
+        store.release(key, claim.token)
         logger.exception("A failure hook for job %s raised", job)
         return _json({"error": "A failure hook raised."}, 500)
 
-    ext.store.complete(key, claim.token)
-    return _json({"status": "done"}, 200)
-
-
-@_guarded
-def unknown(tenant: str, job: str) -> Response:
-    """Answer a delivery for a job no handler is registered for.
-
-    The signature is still checked first, against the tenant's keys (or the
-    default account's for unknown tenants), so unsigned callers cannot probe
-    which tenants and jobs exist.
-    """
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    ext: QStash = app.extensions["qstash"]
-    req = request._get_current_object()  # type: ignore[attr-defined]
-
-    try:
-        _authenticate(ext, req, tenant, job, "")
-    except _Reject as rv:
-        return _rejected(app, tenant, job, rv)
-
-    return _rejected(app, tenant, job, _Reject(404, "Unknown job.", "unknown-job"))
+    store.complete(key, claim.token)
+    return _DONE
 
 
 def _authenticate(
-    ext: QStash, req: Request, tenant: str, job: str, suffix: str
+    app: Flask,
+    state: _State,
+    environ: WSGIEnvironment,
+    tenant: str,
+    job: str,
+    suffix: str,
 ) -> tuple[Tenant, Job, bytes]:
     """Read the body within the cap, verify it, then look up tenant and job."""
-    state = ext._get_state()
     settings = state.settings
-    body = _read_body(req, settings.max_body_size)
-
+    body = _read_body(environ, settings.max_body_size)
     record = state.tenants.get(tenant)
 
     if record is None and TENANT_ID_RE.match(tenant):
-        record = ext.find_tenant(tenant)
+        record = app.extensions["qstash"].find_tenant(tenant)
 
     keys_from = record if record is not None else state.tenants[settings.default_tenant]
     url = build_url(settings, keys_from, job, tenant_id=tenant) + suffix
 
     try:
         claims = verify(
-            req.environ.get("HTTP_UPSTASH_SIGNATURE"),
+            environ.get("HTTP_UPSTASH_SIGNATURE"),
             body,
             url=url,
             keys=keys_from.signing_keys,
@@ -285,7 +453,7 @@ def _authenticate(
     if record is None:
         raise _Reject(404, "Unknown tenant.", "unknown-tenant")
 
-    handler = ext.jobs.get(job)
+    handler = app.extensions["qstash"]._jobs.get(job)
 
     if handler is None:
         raise _Reject(404, "Unknown job.", "unknown-job")
@@ -298,28 +466,34 @@ def _authenticate(
     return record, handler, body
 
 
-def _read_body(req: Request, cap: int) -> bytes:
+def _read_body(environ: WSGIEnvironment, cap: int) -> bytes:
     """Read the raw body, refusing more than ``cap`` bytes before reading them.
 
     A declared length over the cap is refused at once; a streamed body with no
     declared length is read in chunks and refused as soon as it passes the cap.
     """
-    declared = req.content_length
+    declared = environ.get("CONTENT_LENGTH")
 
-    if declared is not None:
-        if declared > cap:
-            raise _Reject(413, "The body is larger than the limit.", "too-large")
+    if declared:
+        try:
+            length = max(0, int(declared))
+        except ValueError:
+            length = None
 
-        # The server delivers exactly the declared length, so the raw input is
-        # read directly; Werkzeug's stream wrapper costs more than the read.
-        body: bytes = req.environ["wsgi.input"].read(declared)
-        return body
+        if length is not None:
+            if length > cap:
+                raise _Reject(413, "The body is larger than the limit.", "too-large")
 
+            # The server delivers exactly the declared length.
+            body: bytes = environ["wsgi.input"].read(length)
+            return body
+
+    stream = get_input_stream(environ)
     chunks: list[bytes] = []
     size = 0
 
     while True:
-        chunk = req.stream.read(min(65536, cap + 1 - size))
+        chunk = stream.read(min(65536, cap + 1 - size))
 
         if not chunk:
             return b"".join(chunks)
@@ -378,23 +552,24 @@ def _load_json(body: bytes) -> t.Any:
 
 
 def _run(
-    ext: QStash,
-    app: t.Any,
+    app: Flask,
+    state: _State,
     tenant: Tenant,
     handler: Job,
     payload: t.Any,
     ctx: JobContext,
-) -> Response:
+) -> Answer:
+    store = state.store
     key = f"{ctx.tenant}:{ctx.message_id}"
-    lease = handler.timeout + 30 if handler.timeout is not None else ext.settings.lease
-    claim = ext.store.claim(key, lease=lease)
+    lease = (
+        handler.timeout + 30 if handler.timeout is not None else state.settings.lease
+    )
+    claim = store.claim(key, lease=lease)
 
     if claim.state is ClaimState.DONE:
         logger.info("Skipped job %s message %s: already done", ctx.job, ctx.message_id)
         signals.send(signals.job_skipped, app, **_ids(ctx), reason="done")
-        return Response(
-            claim.result or '{"status":"done"}', 200, mimetype="application/json"
-        )
+        return Answer(200, (claim.result or '{"status":"done"}').encode())
 
     if claim.state is ClaimState.BUSY:
         logger.info(
@@ -404,7 +579,7 @@ def _run(
         return _json(
             {"error": "This message is running elsewhere."},
             409,
-            {"Retry-After": str(max(1, claim.retry_after))},
+            (("Retry-After", str(max(1, claim.retry_after))),),
         )
 
     assert claim.token is not None
@@ -423,14 +598,14 @@ def _run(
         if handler.atomic:
             app.extensions["sqlalchemy"].session.rollback()
 
-        ext.store.release(key, claim.token)
+        store.release(key, claim.token)
         return _handler_failed(app, ctx, exc, time.perf_counter() - started)
 
     duration = time.perf_counter() - started
     result = _result_body(ctx, rv)
 
     if handler.atomic:
-        if not _complete_atomically(app, ext.store, key, claim.token, result):
+        if not _complete_atomically(app, store, key, claim.token, result):
             logger.warning(
                 "Job %s message %s outlived its lease of %s s and was rolled back;"
                 " raise the job's timeout",
@@ -441,9 +616,9 @@ def _run(
             return _json(
                 {"error": "This message was taken over by another delivery."},
                 409,
-                {"Retry-After": "1"},
+                (("Retry-After", "1"),),
             )
-    elif not ext.store.complete(key, claim.token, result=result):
+    elif not store.complete(key, claim.token, result=result):
         logger.warning(
             "Job %s message %s outlived its lease of %s s; raise the job's timeout",
             ctx.job,
@@ -459,7 +634,7 @@ def _run(
         duration,
     )
     signals.send(signals.job_finished, app, **_ids(ctx), result=rv, duration=duration)
-    return Response(result, 200, mimetype="application/json")
+    return Answer(200, result.encode())
 
 
 def _complete_atomically(
@@ -486,8 +661,8 @@ def _complete_atomically(
 
 
 def _handler_failed(
-    app: t.Any, ctx: JobContext, exc: Exception, duration: float
-) -> Response:
+    app: Flask, ctx: JobContext, exc: Exception, duration: float
+) -> Answer:
     retryable = not isinstance(exc, JobControl) or exc.retryable
     signals.send(
         signals.job_failed,
@@ -505,7 +680,7 @@ def _handler_failed(
         return _json(
             {"error": "The job failed and must not be retried."},
             489,
-            {"Upstash-NonRetryable-Error": "true"},
+            _NON_RETRYABLE,
         )
 
     if isinstance(exc, RetryLater):
@@ -518,7 +693,7 @@ def _handler_failed(
         return _json(
             {"error": "The job asked to be retried later."},
             503,
-            {"Retry-After": str(exc.seconds)},
+            (("Retry-After", str(exc.seconds)),),
         )
 
     logger.exception(
@@ -531,7 +706,7 @@ def _handler_failed(
     return _json({"error": "The job raised an exception."}, 500)
 
 
-def _rejected(app: t.Any, tenant: str, job: str, rv: _Reject) -> Response:
+def _rejected(app: Flask, tenant: str, job: str, rv: _Reject) -> Answer:
     if rv.status == 401:
         logger.warning(
             "Rejected a delivery to job %s of tenant %s: signature check %s failed",
@@ -559,11 +734,7 @@ def _rejected(app: t.Any, tenant: str, job: str, rv: _Reject) -> Response:
             reason=rv.reason,
         )
 
-    headers = dict(rv.headers)
-
-    if rv.status == 489:
-        headers["Upstash-NonRetryable-Error"] = "true"
-
+    headers = rv.headers + _NON_RETRYABLE if rv.status == 489 else rv.headers
     return _json({"error": rv.message}, rv.status, headers)
 
 
@@ -636,11 +807,10 @@ def _enqueued_at(envelope: dict[str, t.Any]) -> datetime.datetime | None:
 
 
 def _json(
-    data: dict[str, t.Any], status: int, headers: dict[str, str] | None = None
-) -> Response:
-    return Response(
-        _ENCODER.encode(data),
-        status,
-        headers=headers,
-        mimetype="application/json",
-    )
+    data: dict[str, t.Any], status: int, headers: tuple[tuple[str, str], ...] = ()
+) -> Answer:
+    return Answer(status, _ENCODER.encode(data).encode(), headers)
+
+
+_NON_RETRYABLE = (("Upstash-NonRetryable-Error", "true"),)
+_DONE = Answer(200, b'{"status":"done"}')

@@ -21,6 +21,7 @@ from qstash import QStash as QStashClient
 from qstash.message import BatchResponse
 from qstash.message import EnqueueResponse
 from qstash.message import PublishResponse
+from werkzeug.test import Client
 from werkzeug.test import TestResponse
 
 from flask_qstash import QStash
@@ -226,7 +227,7 @@ class Deliverer:
     part can be overridden to build a bad delivery.
     """
 
-    client: FlaskClient
+    client: Client
     keys: dict[str, str] = field(default_factory=lambda: {"globex": GLOBEX_CURRENT_KEY})
 
     def envelope(
@@ -278,7 +279,7 @@ class Deliverer:
         message_id: str | None = None,
         headers: dict[str, str] | None = None,
         environ: dict[str, t.Any] | None = None,
-        client: FlaskClient | None = None,
+        client: Client | None = None,
     ) -> TestResponse:
         """Deliver a run of ``job`` and return the app's answer.
 
@@ -315,7 +316,7 @@ class Deliverer:
 
 
 @pytest.fixture
-def deliver(client: FlaskClient) -> Deliverer:
+def deliver(client: Client) -> Deliverer:
     """Post signed deliveries to ``app``; see :class:`Deliverer`."""
     return Deliverer(client)
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import logging
@@ -19,6 +20,7 @@ from conftest import SECRETS
 from flask import current_app
 from flask import Flask
 from marshmallow import fields
+from werkzeug.test import Client
 from werkzeug.test import create_environ
 from werkzeug.test import run_wsgi_app
 from werkzeug.test import TestResponse
@@ -30,6 +32,7 @@ from flask_qstash import QStash
 from flask_qstash import RetryLater
 from flask_qstash import signals
 from flask_qstash.signing import sign
+from flask_qstash.webhooks import DeliveryMiddleware
 
 OTHER_KEY = "sig_unknown_account_Tz4Kq8Wm2Xn6Rb9Lc3Vd7Pf1"
 
@@ -43,6 +46,21 @@ def _assert_clean(rv: TestResponse, *sent: str) -> None:
 
     assert "Traceback" not in text
     assert 'File "' not in text
+
+
+@pytest.fixture(params=["middleware", "view"])
+def client(request: pytest.FixtureRequest, app: Flask) -> Client:
+    """Deliveries through the whole app, and straight to the Flask views.
+
+    The app answers deliveries in its :class:`DeliveryMiddleware`; the second
+    client skips it, as a request reaching the views some other way would, so
+    every test here holds for both.
+    """
+    if request.param == "middleware":
+        assert isinstance(app.wsgi_app, DeliveryMiddleware)
+        return app.test_client()
+
+    return Client(functools.partial(Flask.wsgi_app, app), TestResponse)
 
 
 @pytest.fixture
