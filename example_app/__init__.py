@@ -19,6 +19,7 @@ from flask import Flask
 from flask import jsonify
 from flask import render_template_string
 from flask import request
+from flask import url_for
 from marshmallow import fields
 from marshmallow import validate
 from marshmallow import ValidationError
@@ -67,14 +68,19 @@ activity = Activity()
     retries=3,
 )
 def welcome_email(payload: dict[str, t.Any], ctx: JobContext) -> dict[str, t.Any]:
-    """Pretend to send a welcome email; the result is the delivery's answer."""
+    """Pretend to send a welcome email; the result is the delivery's answer.
+
+    ``url_for`` builds the email's link from ``QSTASH_PUBLIC_URL``.
+    """
+    link = url_for("dashboard", _external=True)
     activity.record(
         job=ctx.job,
         tenant=ctx.tenant,
         message_id=ctx.message_id,
         email=payload["email"],
+        link=link,
     )
-    return {"sent_to": payload["email"]}
+    return {"sent_to": payload["email"], "link": link}
 
 
 @qstash.job(

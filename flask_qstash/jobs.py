@@ -440,16 +440,14 @@ class Job:
     def _envelope(self, payload: t.Any, tenant: Tenant) -> str:
         """The JSON body of a run, with ``payload`` as given and not checked."""
         try:
-            return json.dumps(
+            return _ENCODER.encode(
                 {
                     "v": ENVELOPE_VERSION,
                     "job": self.name,
                     "tenant": tenant.id,
                     "payload": payload,
                     "enqueued_at": int(time.time() * 1000),
-                },
-                separators=(",", ":"),
-                default=_json_default,
+                }
             )
         except (TypeError, ValueError) as exc:
             raise TypeError(
@@ -648,3 +646,7 @@ def _json_default(value: t.Any) -> t.Any:
         return dataclasses.asdict(value)
 
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+# One encoder for every envelope; ``json.dumps`` with options builds one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_json_default)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from example_app import activity
@@ -18,3 +20,8 @@ def test_example_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
     assert "FAILED" not in out
     assert {e["tenant"] for e in activity.events} == {"acme", "globex"}
     assert sum(1 for e in activity.events if e.get("dead")) == 1
+
+    # The welcome emails link to the dashboard at the app's public origin.
+    links = {e["link"] for e in activity.events if e["job"] == "welcome-email"}
+    assert len(links) == 1
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", links.pop())
