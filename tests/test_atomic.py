@@ -92,11 +92,22 @@ def test_failure_rolls_the_effect_back(
 ) -> None:
     app, db, calls = setup
     deliver = Deliverer(app.test_client())
+    committed: list[int] = []
+
+    # Commit whatever the session still holds when the context ends, as some
+    # apps do. Teardowns run last-registered first, so this runs before
+    # Flask-SQLAlchemy discards the session: only the rollback can keep the
+    # failed run's write out.
+    @app.teardown_appcontext
+    def commit_leftovers(exc: BaseException | None) -> None:
+        committed.append(len(db.session.new))
+        db.session.commit()
 
     rv = deliver("charge", {"fail": True}, message_id="msg_b")
 
     assert rv.status_code == 500
     assert calls == ["msg_b"]
+    assert committed == [0]
     assert _effects(app, db) == []
 
     with app.app_context():
