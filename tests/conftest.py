@@ -218,6 +218,19 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
+@pytest.fixture
+def runs(qstash: QStash) -> list[t.Any]:
+    """Register ``echo`` (returns its payload) and record every run of it."""
+    calls: list[t.Any] = []
+
+    @qstash.job("echo")
+    def echo(payload: t.Any) -> t.Any:
+        calls.append(payload)
+        return payload
+
+    return calls
+
+
 @dataclass
 class Deliverer:
     """Posts signed deliveries to the app, as QStash does.

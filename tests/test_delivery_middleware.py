@@ -158,18 +158,6 @@ def test_app_routes_under_the_prefix_still_reach_flask(
     assert rv.get_json() == {"runs": 1}
 
 
-@pytest.fixture
-def runs(qstash: QStash) -> list[t.Any]:
-    calls: list[t.Any] = []
-
-    @qstash.job("echo")
-    def echo(payload: t.Any) -> t.Any:
-        calls.append(payload)
-        return payload
-
-    return calls
-
-
 @pytest.mark.parametrize(
     ("method", "path"),
     [

@@ -63,19 +63,6 @@ def client(request: pytest.FixtureRequest, app: Flask) -> Client:
     return Client(functools.partial(Flask.wsgi_app, app), TestResponse)
 
 
-@pytest.fixture
-def runs(qstash: QStash) -> list[t.Any]:
-    """Register ``echo`` (returns its payload) and record every run of it."""
-    calls: list[t.Any] = []
-
-    @qstash.job("echo")
-    def echo(payload: t.Any) -> t.Any:
-        calls.append(payload)
-        return payload
-
-    return calls
-
-
 def test_return_answers_200_with_the_json_result(
     runs: list[t.Any], deliver: Deliverer
 ) -> None:
