@@ -327,7 +327,7 @@ def handle(
             return _deliver(app, state, environ, tenant, job, app_ctx)
 
         if kind == _FAILED:
-            return _failed(app, state, environ, tenant, job)
+            return _failed(app, state, environ, tenant, job, app_ctx)
 
         _authenticate(app, state, environ, tenant, job, "")
         raise _Reject(404, "Unknown job.", "unknown-job")
@@ -371,7 +371,12 @@ def _deliver(
 
 
 def _failed(
-    app: Flask, state: _State, environ: WSGIEnvironment, tenant: str, job: str
+    app: Flask,
+    state: _State,
+    environ: WSGIEnvironment,
+    tenant: str,
+    job: str,
+    app_ctx: AppContext | None,
 ) -> Answer:
     record, _, body = _authenticate(app, state, environ, tenant, job, "/failed")
     report = _load_json(body)
@@ -407,6 +412,9 @@ def _failed(
         dead.status,
     )
     g._qstash_tenant = record
+
+    if app_ctx is not None and app_ctx.url_adapter is None:
+        app_ctx.url_adapter = _bind_urls(app, state, record)
 
     try:
         signals.send(signals.job_dead, app, **dead.__dict__)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import json
 import typing as t
 
 import pytest
+from conftest import CURRENT_KEY
 from conftest import Deliverer
 from conftest import make_app
 from conftest import make_config
+from conftest import PUBLIC_URL
 from flask import abort
 from flask import Flask
 from flask import g
@@ -17,9 +20,11 @@ from flask import url_for
 from werkzeug.test import Client
 from werkzeug.test import TestResponse
 
+from flask_qstash import DeadJob
 from flask_qstash import HeaderResolver
 from flask_qstash import QStash
 from flask_qstash import TenantMiddleware
+from flask_qstash.signing import sign
 from flask_qstash.webhooks import DeliveryMiddleware
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -258,3 +263,27 @@ def test_routes_stay_registered_for_url_for_and_flask_routes(
 
     with app.test_request_context():
         assert url_for("qstash.deliver.echo", tenant="acme") == "/qstash/acme/echo"
+
+
+def test_url_for_in_a_failure_hook_uses_the_public_origin(
+    request: pytest.FixtureRequest, qstash: QStash
+) -> None:
+    links: list[str] = []
+    qstash.job("echo")(lambda payload: None)
+
+    @qstash.on_failure
+    def report(dead: DeadJob) -> None:
+        links.append(url_for("dlq", dlq_id=dead.dlq_id, _external=True))
+
+    app = make_app(request.module.__name__, qstash)
+    app.add_url_rule("/dlq/<dlq_id>", "dlq", lambda dlq_id: "")
+    body = json.dumps({"sourceMessageId": "msg_dead", "dlqId": "dlq_1"}).encode()
+    url = f"{PUBLIC_URL}/qstash/acme/echo/failed"
+    rv = app.test_client().post(
+        "/qstash/acme/echo/failed",
+        data=body,
+        headers={"Upstash-Signature": sign(body, url=url, key=CURRENT_KEY)},
+    )
+
+    assert rv.status_code == 200
+    assert links == [f"{PUBLIC_URL}/dlq/dlq_1"]
