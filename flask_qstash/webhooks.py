@@ -32,9 +32,10 @@ per job, so ``url_for``, ``flask routes`` and ``flask qstash list-jobs`` see
 them, and wraps ``app.wsgi_app`` in :class:`DeliveryMiddleware`. The
 middleware answers ``POST`` requests to a job's route itself, inside an
 application context, before Flask's request dispatch; every other request,
-including any path under the prefix that is not a job's, goes on to Flask. The
-routes' views run the same checks, for a request that reaches them by another
-way.
+including any path under the prefix that is not a job's, goes on to Flask. When
+the app has ``POST`` routes of its own under the prefix, Flask's router is asked
+first, so a route more specific than a job's keeps its requests. The routes'
+views run the same checks, for a request that reaches them by another way.
 
 A delivery is a signed call from a machine, not a visit, so the app's
 ``before_request``, ``after_request`` and ``teardown_request`` functions and its
@@ -65,6 +66,7 @@ from flask import g
 from flask import request
 from flask import Response
 from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import get_input_stream
 
@@ -192,6 +194,7 @@ class DeliveryMiddleware:
         self.ext = ext
         self._state = ext._state[app]
         self._prefix = self._state.settings.url_prefix + "/"
+        self._contested: bool | None = None
 
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
@@ -206,9 +209,19 @@ class DeliveryMiddleware:
         if route is None:
             return self.wsgi_app(environ, start_response)
 
-        tenant, job, kind = route
         app = self.app
+
+        # Serving has begun: Flask refuses new routes from here on, so the
+        # app's routes can be looked at once.
         app._got_first_request = True
+
+        if self._contested is None:
+            self._contested = self._app_routes_under_prefix()
+
+        if self._contested and not self._flask_agrees(environ):
+            return self.wsgi_app(environ, start_response)
+
+        tenant, job, kind = route
 
         with app.app_context() as ctx:
             rv = handle(app, self._state, environ, tenant, job, kind, ctx)
@@ -244,6 +257,37 @@ class DeliveryMiddleware:
             return parts[0], parts[1], _FAILED
 
         return None
+
+    def _app_routes_under_prefix(self) -> bool:
+        """Whether the app has ``POST`` routes of its own under the prefix.
+
+        Such a route may be more specific than a job's, such as
+        ``/qstash/admin/email`` beside the job ``email``; then every delivery
+        asks Flask's router first, so the app's route keeps its requests.
+        """
+        views = self.app.view_functions
+        ours = (deliver, failed, unknown)
+        return any(
+            rule.rule.startswith(self._prefix)
+            and views.get(rule.endpoint) not in ours
+            and (rule.methods is None or "POST" in rule.methods)
+            for rule in self.app.url_map.iter_rules()
+        )
+
+    def _flask_agrees(self, environ: WSGIEnvironment) -> bool:
+        """Whether Flask's router sends this request to a job's route too."""
+        app = self.app
+        adapter = app.create_url_adapter(app.request_class(environ))
+
+        if adapter is None:
+            return False
+
+        try:
+            endpoint, _ = adapter.match(method="POST")
+        except HTTPException:
+            return False
+
+        return app.view_functions.get(endpoint) in (deliver, failed)
 
 
 #: Most origins whose URL adapters are kept; more are bound per delivery.

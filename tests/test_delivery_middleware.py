@@ -6,6 +6,7 @@ import functools
 import json
 import typing as t
 
+import flask
 import pytest
 from conftest import CURRENT_KEY
 from conftest import Deliverer
@@ -287,3 +288,29 @@ def test_url_for_in_a_failure_hook_uses_the_public_origin(
 
     assert rv.status_code == 200
     assert links == [f"{PUBLIC_URL}/dlq/dlq_1"]
+
+
+def test_a_more_specific_app_route_keeps_its_requests(
+    request: pytest.FixtureRequest, qstash: QStash, runs: list[t.Any]
+) -> None:
+    app = make_app(request.module.__name__, qstash)
+    dispatched: list[str] = []
+
+    @app.before_request
+    def record() -> None:
+        dispatched.append(flask.request.path)
+
+    @app.post("/qstash/admin/echo")
+    def admin_echo() -> dict[str, str]:
+        return {"answered_by": "app"}
+
+    deliver = Deliverer(app.test_client())
+    mine = deliver.client.post("/qstash/admin/echo")
+    delivered = deliver("echo", {"n": 1})
+
+    assert mine.get_json() == {"answered_by": "app"}
+    assert delivered.status_code == 200
+    assert runs == [{"n": 1}]
+
+    # Only the app's own route went through Flask's dispatch.
+    assert dispatched == ["/qstash/admin/echo"]
