@@ -127,18 +127,7 @@ class Receiver:
 
     def wait_for(self, predicate: t.Callable[[], bool], timeout: float = 10.0) -> bool:
         """Wait until ``predicate`` holds, re-checking on each delivery."""
-        deadline = time.monotonic() + timeout
-
-        with self.cond:
-            while not predicate():
-                remaining = deadline - time.monotonic()
-
-                if remaining <= 0:
-                    return False
-
-                self.cond.wait(min(remaining, 0.1))
-
-        return True
+        return wait_on(self.cond, predicate, timeout)
 
     def wait_count(
         self, path: str, count: int, timeout: float = 10.0
@@ -194,6 +183,28 @@ class Receiver:
             self.cond.notify_all()
 
         return Response(answer.body, status=answer.status, headers=answer.headers)
+
+
+def wait_on(
+    cond: threading.Condition, predicate: t.Callable[[], bool], timeout: float
+) -> bool:
+    """Wait until ``predicate`` holds, at most ``timeout`` seconds.
+
+    Re-checks whenever ``cond`` is notified, and at least every 0.1 s for
+    state that changes without a notification.
+    """
+    deadline = time.monotonic() + timeout
+
+    with cond:
+        while not predicate():
+            remaining = deadline - time.monotonic()
+
+            if remaining <= 0:
+                return False
+
+            cond.wait(min(remaining, 0.1))
+
+    return True
 
 
 def wait_until(

@@ -22,6 +22,7 @@ from dataclasses import field
 
 import pytest
 import qstash as qstash_sdk
+from devserver_helpers import wait_on
 from flask import current_app
 from flask import Flask
 from marshmallow import fields
@@ -110,18 +111,7 @@ class Recorder:
 
     def wait(self, predicate: t.Callable[[], bool], timeout: float = 10.0) -> bool:
         """Wait until ``predicate`` holds, re-checked on every event."""
-        deadline = time.monotonic() + timeout
-
-        with self.cond:
-            while not predicate():
-                remaining = deadline - time.monotonic()
-
-                if remaining <= 0:
-                    return False
-
-                self.cond.wait(min(remaining, 0.1))
-
-        return True
+        return wait_on(self.cond, predicate, timeout)
 
     def wait_count(self, kind: str, count: int, timeout: float = 10.0) -> list[Event]:
         """Wait for ``count`` events of ``kind``; fail the test if they never come."""
