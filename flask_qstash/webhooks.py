@@ -224,7 +224,7 @@ class DeliveryMiddleware:
         tenant, job, kind = route
 
         with app.app_context() as ctx:
-            rv = handle(app, self._state, environ, tenant, job, kind, ctx)
+            rv = _handle(app, self._state, environ, tenant, job, kind, ctx)
 
         body = rv.body
         start_response(
@@ -343,11 +343,11 @@ def unknown(tenant: str, job: str) -> Response:
 def _respond(tenant: str, job: str, kind: str) -> Response:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     state = app.extensions["qstash"]._state[app]
-    rv = handle(app, state, request.environ, tenant, job, kind)
+    rv = _handle(app, state, request.environ, tenant, job, kind)
     return Response(rv.body, rv.status, rv.headers, mimetype="application/json")
 
 
-def handle(
+def _handle(
     app: Flask,
     state: _State,
     environ: WSGIEnvironment,
