@@ -30,12 +30,13 @@ Where deliveries are answered
 :meth:`QStash.init_app <flask_qstash.QStash.init_app>` registers a Flask route
 per job, so ``url_for``, ``flask routes`` and ``flask qstash list-jobs`` see
 them, and wraps ``app.wsgi_app`` in :class:`DeliveryMiddleware`. The
-middleware answers ``POST`` requests to a job's route itself, inside an
-application context, before Flask's request dispatch; every other request,
-including any path under the prefix that is not a job's, goes on to Flask. When
-the app has ``POST`` routes of its own under the prefix, Flask's router is asked
-first, so a route more specific than a job's keeps its requests. The routes'
-views run the same checks, for a request that reaches them by another way.
+middleware answers ``POST`` requests under ``QSTASH_URL_PREFIX`` itself, inside
+an application context, before Flask's request dispatch; a path that names no
+job is answered 404 once its signature is checked. Every other request goes on
+to Flask. When the app has ``POST`` routes of its own under the prefix, Flask's
+router is asked first, so a route more specific than a job's keeps its
+requests. The routes' views run the same checks, for a request that reaches
+them by another way.
 
 A delivery is a signed call from a machine, not a visit, so the app's
 ``before_request``, ``after_request`` and ``teardown_request`` functions and its
@@ -238,14 +239,15 @@ class DeliveryMiddleware:
         return [body]
 
     def _route(self, path: str) -> tuple[str, str, str] | None:
-        """Return ``(tenant, job, kind)`` for a known job's path, else ``None``.
+        """Return ``(tenant, job, kind)`` for a path under the prefix.
 
-        Anything else goes on to Flask, so routes of the app's own under the
-        prefix keep working, and odd paths get Flask's usual answer.
+        ``kind`` says which view Flask would pick: a known job's delivery or
+        failure callback, or the 404 of an unknown one. Paths with empty or
+        non-ASCII segments go on to Flask, for its usual answer.
         """
         parts = path[len(self._prefix) :].split("/")
 
-        if not parts[0] or not path.isascii():
+        if len(parts) < 2 or "" in parts or not path.isascii():
             return None
 
         jobs = self.ext._jobs
@@ -256,7 +258,7 @@ class DeliveryMiddleware:
         if len(parts) == 3 and parts[2] == "failed" and parts[1] in jobs:
             return parts[0], parts[1], _FAILED
 
-        return None
+        return parts[0], "/".join(parts[1:]), _UNKNOWN
 
     def _app_routes_under_prefix(self) -> bool:
         """Whether the app has ``POST`` routes of its own under the prefix.
@@ -275,7 +277,7 @@ class DeliveryMiddleware:
         )
 
     def _flask_agrees(self, environ: WSGIEnvironment) -> bool:
-        """Whether Flask's router sends this request to a job's route too."""
+        """Whether Flask's router sends this request to one of the job views."""
         app = self.app
         adapter = app.create_url_adapter(app.request_class(environ))
 
@@ -287,7 +289,7 @@ class DeliveryMiddleware:
         except HTTPException:
             return False
 
-        return app.view_functions.get(endpoint) in (deliver, failed)
+        return app.view_functions.get(endpoint) in (deliver, failed, unknown)
 
 
 #: Most origins whose URL adapters are kept; more are bound per delivery.

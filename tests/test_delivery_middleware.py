@@ -80,6 +80,14 @@ def test_browser_hooks_do_not_run_for_deliveries(
     assert seen == [(False, "set")]
     assert hooks == ["teardown_appcontext"]
 
+    # A job this deploy does not know yet gets the table's 404, not the hook's.
+    hooks.clear()
+    missing = deliver("not-deployed-yet", {})
+
+    assert missing.status_code == 404
+    assert missing.get_json() == {"error": "Unknown job."}
+    assert hooks == ["teardown_appcontext"]
+
     # The same hooks do run for the app's own pages.
     hooks.clear()
     assert deliver.client.get("/page").status_code == 403
