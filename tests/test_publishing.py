@@ -33,6 +33,10 @@ from flask_qstash import QStash
 #: Seconds one publish may take in all, retries included.
 BUDGET = 5.0
 
+#: Seconds a busy machine may add to a budget before the caller gets control
+#: back; less than any overrun the budget tests look for.
+SLACK = 0.4
+
 
 @dataclass
 class Seen:
@@ -241,7 +245,7 @@ def test_exhausted_budget_raises_a_retryable_error(
     with app.app_context(), pytest.raises(PublishError) as info:
         job.enqueue()
 
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 1.0 + SLACK
     assert (info.value.status, info.value.retryable) == (500, True)
     assert len(fake_qstash.seen) >= 2
     assert fake_qstash.messages == {}
@@ -268,7 +272,8 @@ def test_slow_answers_stay_within_the_budget(
     finally:
         fake_qstash.release.set()
 
-    assert time.monotonic() - started < 1.0 + 0.25
+    # A second attempt given a whole new second would end near 1.6 s.
+    assert time.monotonic() - started < 1.0 + SLACK
     assert info.value.retryable is True
     assert len(fake_qstash.seen) == 2
 
